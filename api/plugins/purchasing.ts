@@ -1,0 +1,60 @@
+/**
+ * Opens what the routes need: the PostgreSQL pool, the fail-fast Redis
+ * connection for queues, the outcome subscriber, and the purchase service
+ * on top of them. Closed in reverse order when the app closes.
+ */
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import type { Config } from '../../shared/config'
+import { createPool, type Db } from '../../shared/db'
+import { createProducerConnection, createWorkerConnection, waitUntilReady } from '../../shared/redis'
+import { OutcomeWaiter } from '../outcome-waiter'
+import { PurchaseQueues } from '../purchase-queues'
+import { KnownOptions, PurchaseService } from '../purchase-service'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    db: Db
+    redis: Redis
+    purchases: PurchaseService
+    knownOptions: KnownOptions
+    outcomeWaiter: OutcomeWaiter
+  }
+}
+
+export interface PurchasingOptions {
+  config: Config
+}
+
+async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOptions): Promise<void> {
+  // Fastify's logger is a pino logger; its declared type is a narrower interface.
+  const log = app.log as unknown as Logger
+  const db = createPool(config.databaseUrl, config.databasePoolSize, log)
+  const redis = createProducerConnection(config.redisUrl, log, 'api')
+  // Subscribers wait out outages and re-subscribe by themselves.
+  const subscriber = createWorkerConnection(config.redisUrl, log, 'api-outcomes')
+  const waiter = new OutcomeWaiter(subscriber, config.queuePrefix, log)
+  const queues = new PurchaseQueues(redis, config.queuePrefix, log)
+  const knownOptions = new KnownOptions()
+  const purchases = new PurchaseService({ db, queues, waiter, knownOptions, waitMs: config.purchaseWaitMs, log })
+
+  app.decorate('db', db)
+  app.decorate('redis', redis)
+  app.decorate('knownOptions', knownOptions)
+  app.decorate('outcomeWaiter', waiter)
+  app.decorate('purchases', purchases)
+
+  app.addHook('onClose', async () => {
+    await queues.close()
+    subscriber.disconnect()
+    await redis.quit().catch(() => { redis.disconnect() })
+    await db.end()
+  })
+
+  await waitUntilReady(redis, 10_000)
+  await waiter.start()
+}
+
+export default fp(purchasingPlugin, { name: 'purchasing' })

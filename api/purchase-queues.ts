@@ -1,0 +1,94 @@
+/**
+ * The API's side of the per-option queues: adds purchase jobs, registers the
+ * option as active and wakes the workers. All queues share one fail-fast
+ * Redis connection, so the API's connections do not grow with the options;
+ * Queue objects are kept in a bounded LRU.
+ */
+import { Queue } from 'bullmq'
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import type { PurchaseJobData } from '../shared/purchase-job'
+import { PURCHASE_JOB_NAME, purchaseQueueName } from '../shared/queue-names'
+import { touchOption } from '../shared/queue-registry'
+
+// Touching the registry more often than this per option only repeats work;
+// it must stay far below WORKER_QUEUE_IDLE_MS so a registration never lapses while in use.
+const TOUCH_INTERVAL_MS = 1000
+
+interface OpenQueue {
+  queue: Queue
+  /** setGlobalConcurrency(1) done; every add waits for it */
+  ready: Promise<void>
+  touchedAt: number
+}
+
+export type JobState = 'pending' | 'unknown'
+
+export class PurchaseQueues {
+  private readonly open = new Map<string, OpenQueue>()
+
+  constructor (
+    private readonly redis: Redis,
+    private readonly prefix: string,
+    private readonly log: Logger,
+    private readonly maxOpen = 1000,
+  ) {}
+
+  private get (ticketOptionId: string): OpenQueue {
+    let entry = this.open.get(ticketOptionId)
+    if (entry !== undefined) {
+      // Map keeps insertion order: re-inserting makes this the most recent.
+      this.open.delete(ticketOptionId)
+      this.open.set(ticketOptionId, entry)
+      return entry
+    }
+    const queue = new Queue(purchaseQueueName(ticketOptionId), {
+      connection: this.redis,
+      prefix: this.prefix,
+      skipWaitingForReady: true,
+      defaultJobOptions: {
+        // Infrastructure failures are retried; the worker first retries in place for a while.
+        attempts: 100,
+        backoff: { type: 'fixed', delay: 2000 },
+        removeOnComplete: { age: 3600, count: 10_000 },
+        removeOnFail: { age: 7 * 24 * 3600 },
+      },
+    })
+    queue.on('error', (err) => { this.log.warn({ err, ticketOptionId }, 'queue error') })
+    const ready = queue.setGlobalConcurrency(1).then(() => {})
+    entry = { queue, ready, touchedAt: 0 }
+    // A failed set-up is retried on the next request instead of being cached.
+    ready.catch(() => { if (this.open.get(ticketOptionId) === entry) this.open.delete(ticketOptionId) })
+    this.open.set(ticketOptionId, entry)
+    if (this.open.size > this.maxOpen) {
+      const [oldestId, oldest] = this.open.entries().next().value as [string, OpenQueue]
+      this.open.delete(oldestId)
+      oldest.queue.close().catch(() => {})
+    }
+    return entry
+  }
+
+  /** Adds the purchase job (job id = purchase id). Throws when Redis is unavailable. */
+  async enqueue (data: PurchaseJobData): Promise<void> {
+    const entry = this.get(data.ticketOptionId)
+    await entry.ready
+    const now = Date.now()
+    if (now - entry.touchedAt >= TOUCH_INTERVAL_MS) {
+      await touchOption(this.redis, this.prefix, data.ticketOptionId, now)
+      entry.touchedAt = now
+    }
+    await entry.queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })
+  }
+
+  /** Whether a purchase job is still waiting or being applied. */
+  async jobState (ticketOptionId: string, purchaseId: string): Promise<JobState> {
+    const state = await this.get(ticketOptionId).queue.getJobState(purchaseId)
+    return state === 'unknown' || state === 'completed' || state === 'failed' ? 'unknown' : 'pending'
+  }
+
+  async close (): Promise<void> {
+    const queues = [...this.open.values()]
+    this.open.clear()
+    await Promise.all(queues.map(async ({ queue }) => { await queue.close() }))
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * POST /ticket_options/:id/purchases and GET /ticket_options/:id/purchases/:purchase_id.
+ * 201 committed, 409 not enough tickets (nothing bought), 202 queued but not
+ * known within the wait limit (API.md "Outcomes").
+ */
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { PurchaseRecord } from '../../shared/purchases'
+import { PurchaseNotFoundError, TicketOptionNotFoundError } from '../errors'
+import { errorRef } from '../schemas/common'
+import {
+  CreatePurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseParamsSchema,
+  PurchaseSchema, PurchaseStatusParamsSchema, PurchaseStatusSchema,
+} from '../schemas/purchases'
+
+const purchaseLocation = (ticketOptionId: string, purchaseId: string): string =>
+  `/ticket_options/${ticketOptionId}/purchases/${purchaseId}`
+
+function notEnoughTickets (purchase: PurchaseRecord) {
+  const available = purchase.available ?? 0
+  return {
+    statusCode: 409 as const,
+    error: 'Conflict',
+    message: `Not enough tickets: requested ${purchase.quantity}, available ${available}`,
+    code: 'NOT_ENOUGH_TICKETS' as const,
+    requested: purchase.quantity,
+    available,
+    purchase_id: purchase.id,
+  }
+}
+
+const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const { purchases } = app
+
+  app.post('/ticket_options/:id/purchases', {
+    schema: {
+      tags: ['purchases'],
+      summary: 'Buy tickets',
+      params: PurchaseParamsSchema,
+      body: CreatePurchaseSchema,
+      response: {
+        201: PurchaseSchema,
+        202: PendingPurchaseSchema,
+        400: errorRef,
+        404: errorRef,
+        409: NotEnoughTicketsSchema,
+        413: errorRef,
+        415: errorRef,
+        503: errorRef,
+      },
+    },
+  }, async (request, reply) => {
+    const ticketOptionId = request.params.id.toLowerCase()
+    const result = await purchases.purchase({
+      ticketOptionId,
+      userId: request.body.user_id.toLowerCase(),
+      quantity: request.body.quantity,
+      requestId: String(request.id),
+    })
+    switch (result.kind) {
+      case 'option_not_found':
+        throw new TicketOptionNotFoundError(ticketOptionId)
+      case 'pending':
+        return await reply.code(202).header('location', purchaseLocation(ticketOptionId, result.purchaseId))
+          .send({ id: result.purchaseId, status: 'pending' as const })
+      case 'recorded':
+        if (result.purchase.status === 'rejected') return await reply.code(409).send(notEnoughTickets(result.purchase))
+        return await reply.code(201).header('location', purchaseLocation(ticketOptionId, result.purchase.id))
+          .send({ ...result.purchase, status: 'succeeded' as const })
+    }
+  })
+
+  app.get('/ticket_options/:id/purchases/:purchase_id', {
+    schema: {
+      tags: ['purchases'],
+      summary: "A purchase's outcome: pending, succeeded or rejected",
+      params: PurchaseStatusParamsSchema,
+      response: { 200: PurchaseStatusSchema, 400: errorRef, 404: errorRef, 503: errorRef },
+    },
+  }, async (request) => {
+    const ticketOptionId = request.params.id.toLowerCase()
+    const purchaseId = request.params.purchase_id.toLowerCase()
+    const result = await purchases.status(ticketOptionId, purchaseId)
+    switch (result.kind) {
+      case 'option_not_found':
+        throw new TicketOptionNotFoundError(ticketOptionId)
+      case 'purchase_not_found':
+        throw new PurchaseNotFoundError(purchaseId)
+      case 'pending':
+        return { id: purchaseId, ticket_option_id: ticketOptionId, status: 'pending' as const }
+      case 'recorded': {
+        const { reason, available, ...purchase } = result.purchase
+        return purchase.status === 'rejected'
+          ? { ...purchase, reason: reason ?? undefined, available: available ?? undefined }
+          : purchase
+      }
+    }
+  })
+}
+
+export default purchaseRoutes

@@ -1,0 +1,117 @@
+/**
+ * The one place that reads `process.env`. Every variable is validated once at
+ * start-up into a frozen, typed object that is passed to the API and the worker.
+ * A wrong value stops the process with a message naming the variable.
+ *
+ * Keep in sync with `.env.example` and the Configuration section of README.md.
+ */
+import { Type, type Static } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+
+const Port = (def: string) => Type.String({ pattern: '^[0-9]{1,5}$', default: def })
+const Int = (def: string) => Type.String({ pattern: '^[0-9]{1,10}$', default: def })
+const Bool = (def: 'true' | 'false') => Type.Union([Type.Literal('true'), Type.Literal('false')], { default: def })
+const Url = (def: string, scheme: string) => Type.String({ pattern: `^${scheme}://`, default: def })
+
+/** The environment as strings, before conversion. Defaults work on a developer machine. */
+export const EnvSchema = Type.Object({
+  /** HTTP port of the API. */
+  PORT: Port('3000'),
+  /** Interface the API listens on; compose sets 0.0.0.0. */
+  HOST: Type.String({ minLength: 1, default: '127.0.0.1' }),
+  /** PostgreSQL connection string; the database is created by `npm run migrate` when missing. */
+  DATABASE_URL: Url('postgres://postgres@127.0.0.1:5432/tickets', 'postgres(ql)?'),
+  /** Connections per process in the PostgreSQL pool. */
+  DATABASE_POOL_SIZE: Int('10'),
+  /** Redis connection string. */
+  REDIS_URL: Url('redis://127.0.0.1:6379', 'rediss?'),
+  /** Prefix of every Redis key this service writes (BullMQ queues, registry, channels). No `:`. */
+  QUEUE_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.{}-]{1,64}$', default: 'tickets' }),
+  /** pino level. */
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
+  /** How long the API waits for a purchase's outcome before answering 202 (ms). */
+  PURCHASE_WAIT_MS: Int('5000'),
+  /** Largest number of queued purchases one transaction applies (1 turns batching off). */
+  WORKER_BATCH_SIZE: Int('100'),
+  /** A worker lets an option's queue go after this long without purchases (ms). */
+  WORKER_QUEUE_IDLE_MS: Int('60000'),
+  /** How often a worker rescans the registry of active option queues (ms). */
+  WORKER_RESCAN_MS: Int('2000'),
+  /** How long a worker keeps retrying a purchase while PostgreSQL is unreachable before handing it back to the queue (ms). */
+  WORKER_DB_RETRY_MS: Int('30000'),
+  /** Whether `npm start` style logs are pretty-printed; by default only when stdout is a terminal. */
+  LOG_PRETTY: Type.Optional(Bool('false')),
+})
+export type Env = Static<typeof EnvSchema>
+
+export interface Config {
+  readonly port: number
+  readonly host: string
+  readonly databaseUrl: string
+  readonly databasePoolSize: number
+  readonly redisUrl: string
+  readonly queuePrefix: string
+  readonly logLevel: string
+  readonly logPretty: boolean
+  readonly purchaseWaitMs: number
+  readonly workerBatchSize: number
+  readonly workerQueueIdleMs: number
+  readonly workerRescanMs: number
+  readonly workerDbRetryMs: number
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+function intIn (env: Env, name: keyof Env, min: number, max: number): number {
+  const value = Number(env[name])
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer between ${min} and ${max}, got ${JSON.stringify(env[name])}`)
+  }
+  return value
+}
+
+/** Reads and validates the environment; throws a ConfigError naming the first bad variable. */
+export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
+  const known: Record<string, string> = {}
+  for (const key of Object.keys(EnvSchema.properties)) {
+    const raw = source[key]
+    // An empty variable (`FOO=` in compose) means "use the default".
+    if (raw !== undefined && raw !== '') known[key] = raw
+  }
+  const env = Value.Default(EnvSchema, known) as Env
+  const firstError = Value.Errors(EnvSchema, env).First()
+  if (firstError !== undefined) {
+    const name = firstError.path.replace(/^\//, '')
+    throw new ConfigError(`${name} is invalid (${firstError.message}): ${JSON.stringify(source[name])}`)
+  }
+  return Object.freeze({
+    port: intIn(env, 'PORT', 0, 65535),
+    host: env.HOST,
+    databaseUrl: env.DATABASE_URL,
+    databasePoolSize: intIn(env, 'DATABASE_POOL_SIZE', 1, 1000),
+    redisUrl: env.REDIS_URL,
+    queuePrefix: env.QUEUE_PREFIX,
+    logLevel: env.LOG_LEVEL,
+    logPretty: env.LOG_PRETTY === undefined ? process.stdout.isTTY === true : env.LOG_PRETTY === 'true',
+    purchaseWaitMs: intIn(env, 'PURCHASE_WAIT_MS', 0, 600_000),
+    workerBatchSize: intIn(env, 'WORKER_BATCH_SIZE', 1, 10_000),
+    workerQueueIdleMs: intIn(env, 'WORKER_QUEUE_IDLE_MS', 1000, 86_400_000),
+    workerRescanMs: intIn(env, 'WORKER_RESCAN_MS', 100, 600_000),
+    workerDbRetryMs: intIn(env, 'WORKER_DB_RETRY_MS', 0, 3_600_000),
+  } satisfies Config)
+}
+
+/** For entry points: load the config or print the reason and exit 1. */
+export function loadConfigOrExit (source: NodeJS.ProcessEnv = process.env): Config {
+  try {
+    return loadConfig(source)
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`Configuration error: ${err.message}\n`)
+      process.exit(1)
+    }
+    throw err
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * PostgreSQL pool and transactions.
+ * @see https://node-postgres.com/features/transactions
+ */
+import pg from 'pg'
+import type { Logger } from 'pino'
+
+export type Db = pg.Pool
+export type DbClient = pg.PoolClient
+
+export function createPool (databaseUrl: string, max: number, log: Logger): Db {
+  const pool = new pg.Pool({ connectionString: databaseUrl, max, connectionTimeoutMillis: 2000 })
+  // Without these listeners a backend that dies (restart, admin kill) emits an
+  // unhandled 'error' on an idle or checked-out client and crashes the process.
+  pool.on('error', (err) => { log.warn({ err }, 'idle PostgreSQL client failed') })
+  pool.on('connect', (client) => {
+    client.on('error', (err) => { log.warn({ err }, 'PostgreSQL client failed') })
+  })
+  return pool
+}
+
+/** Runs `fn` in one transaction on one borrowed client; rolls back on any error. */
+export async function withTransaction<T> (pool: Db, fn: (client: DbClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect()
+  let broken: Error | undefined
+  try {
+    await client.query('begin')
+    const result = await fn(client)
+    await client.query('commit')
+    return result
+  } catch (err) {
+    await client.query('rollback').catch((rollbackErr: Error) => { broken = rollbackErr })
+    throw err
+  } finally {
+    // A client whose rollback failed is in an unknown state: destroy it instead of reusing it.
+    client.release(broken)
+  }
+}
+
+/** SQLSTATE classes that mean "the database is unreachable or restarting", not "your data is wrong". */
+export function isTransientDbError (err: unknown): boolean {
+  const e = err as { code?: string, message?: string }
+  if (typeof e?.code === 'string') {
+    if (/^(08|53|57P0[1-3])/.test(e.code)) return true // connection, resources, admin shutdown
+    if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN'].includes(e.code)) return true
+  }
+  const message = typeof e?.message === 'string' ? e.message : ''
+  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message)
+}
+
+/** Creates the database named in `databaseUrl` when it does not exist (connects to `postgres` for that). */
+export async function ensureDatabase (databaseUrl: string): Promise<boolean> {
+  const url = new URL(databaseUrl)
+  const name = decodeURIComponent(url.pathname.replace(/^\//, ''))
+  if (name === '') throw new Error('DATABASE_URL names no database')
+  url.pathname = '/postgres'
+  const admin = new pg.Client({ connectionString: url.toString() })
+  await admin.connect()
+  try {
+    const found = await admin.query('select 1 from pg_database where datname = $1', [name])
+    if (found.rowCount !== 0) return false
+    // Identifiers cannot be parameters; quote it the PostgreSQL way.
+    await admin.query(`create database "${name.replace(/"/g, '""')}"`).catch((err: { code?: string }) => {
+      if (err.code !== '42P04') throw err // another process created it first
+    })
+    return true
+  } finally {
+    await admin.end()
+  }
+}

@@ -1,0 +1,28 @@
+/**
+ * pino options shared by the API and the worker: JSON lines, pretty only on a
+ * terminal, and secrets redacted.
+ * @see https://getpino.io/#/docs/redaction
+ */
+import pino, { type LoggerOptions, type Logger } from 'pino'
+import type { Config } from './config'
+
+/** Hides passwords in connection strings, wherever they are logged. */
+export function redactUrl (url: string): string {
+  return url.replace(/\/\/([^:/@]*):([^@/]*)@/, '//$1:***@')
+}
+
+export function loggerOptions (config: Pick<Config, 'logLevel' | 'logPretty'>, name: string): LoggerOptions {
+  return {
+    name,
+    level: config.logLevel,
+    redact: {
+      paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'config.databaseUrl', 'config.redisUrl', '*.password'],
+      censor: '***',
+    },
+    ...(config.logPretty ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l' } } } : {}),
+  }
+}
+
+export function createLogger (config: Pick<Config, 'logLevel' | 'logPretty'>, name: string): Logger {
+  return pino(loggerOptions(config, name))
+}

@@ -1,0 +1,20 @@
+/**
+ * Outcomes travel from workers to every API process over one Redis pub/sub
+ * channel, so an API holds one subscriber connection however many options
+ * exist. Pub/sub may drop a message (a reconnect); the API then reads the
+ * recorded outcome from PostgreSQL before it answers 202.
+ */
+import type { Redis } from 'ioredis'
+import { purchaseOutcomesChannel } from './queue-names'
+import type { PurchaseRecord } from './purchases'
+
+export async function publishOutcomes (redis: Redis, prefix: string, outcomes: readonly PurchaseRecord[]): Promise<void> {
+  if (outcomes.length === 0) return
+  await redis.publish(purchaseOutcomesChannel(prefix), JSON.stringify(outcomes))
+}
+
+export function parseOutcomes (message: string): PurchaseRecord[] {
+  const parsed: unknown = JSON.parse(message)
+  if (!Array.isArray(parsed)) return []
+  return parsed.filter((o): o is PurchaseRecord => typeof o === 'object' && o !== null && typeof (o as PurchaseRecord).id === 'string')
+}

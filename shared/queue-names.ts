@@ -1,0 +1,33 @@
+/**
+ * Names of everything this service keeps in Redis, in one place, so the API,
+ * the worker and the dashboard agree. BullMQ queue names may not contain `:`.
+ * The `{…}` hash tag keeps one option's queue keys in one Redis Cluster slot
+ * while different options spread over slots.
+ */
+export const PURCHASE_JOB_NAME = 'purchase'
+
+const QUEUE_NAME = /^purchases-\{([0-9a-f-]{36})\}$/
+
+export function purchaseQueueName (ticketOptionId: string): string {
+  return `purchases-{${ticketOptionId}}`
+}
+
+/** The option id a purchase queue belongs to, or null for any other queue name. */
+export function ticketOptionIdOfQueue (queueName: string): string | null {
+  return QUEUE_NAME.exec(queueName)?.[1] ?? null
+}
+
+/** Sorted set of option ids with recent purchases, scored by last use (ms). */
+export function activeOptionsKey (prefix: string): string {
+  return `${prefix}:active-options`
+}
+
+/** Pub/sub channel on which the API wakes workers up for an option. */
+export function queueWakeupChannel (prefix: string): string {
+  return `${prefix}:queue-wakeup`
+}
+
+/** Pub/sub channel on which workers publish purchase outcomes to every API process. */
+export function purchaseOutcomesChannel (prefix: string): string {
+  return `${prefix}:purchase-outcomes`
+}

@@ -1,0 +1,47 @@
+/**
+ * Redis connections. The API fails fast (a Redis outage becomes a 503, no
+ * request hangs); the worker waits and reconnects forever.
+ * @see https://docs.bullmq.io/patterns/failing-fast-when-redis-is-down
+ * @see https://docs.bullmq.io/guide/going-to-production
+ */
+import { Redis, type RedisOptions } from 'ioredis'
+import type { Logger } from 'pino'
+
+const reconnect: RedisOptions['retryStrategy'] = (times) => Math.min(times * 200, 2000)
+
+/** For the API: commands fail at once while disconnected instead of queueing. */
+export function createProducerConnection (redisUrl: string, log: Logger, connectionName: string): Redis {
+  const redis = new Redis(redisUrl, {
+    connectionName,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    connectTimeout: 1000,
+    commandTimeout: 2000,
+    retryStrategy: reconnect,
+  })
+  redis.on('error', (err) => { log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, `redis ${connectionName} error`) })
+  return redis
+}
+
+/** For workers and subscribers: BullMQ requires maxRetriesPerRequest null for blocking commands. */
+export function createWorkerConnection (redisUrl: string, log: Logger, connectionName: string): Redis {
+  const redis = new Redis(redisUrl, {
+    connectionName,
+    maxRetriesPerRequest: null,
+    enableReadyCheck: true,
+    retryStrategy: reconnect,
+  })
+  redis.on('error', (err) => { log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, `redis ${connectionName} error`) })
+  return redis
+}
+
+/** Resolves when the connection is ready, or rejects after `timeoutMs`. */
+export async function waitUntilReady (redis: Redis, timeoutMs: number): Promise<void> {
+  if (redis.status === 'ready') return
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => { cleanup(); reject(new Error(`Redis not ready after ${timeoutMs} ms`)) }, timeoutMs)
+    const onReady = (): void => { cleanup(); resolve() }
+    const cleanup = (): void => { clearTimeout(timer); redis.off('ready', onReady) }
+    redis.on('ready', onReady)
+  })
+}

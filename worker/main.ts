@@ -1,0 +1,58 @@
+/**
+ * The worker process: applies queued purchases of every active option.
+ * Scale it with replicas; BullMQ's global concurrency keeps each option serial.
+ * On SIGTERM/SIGINT it finishes the purchase it is applying, takes no new
+ * job, closes its connections in reverse order of opening and exits 0.
+ */
+import closeWithGrace from 'close-with-grace'
+import type { Logger } from 'pino'
+import { loadConfigOrExit, type Config } from '../shared/config'
+import { createPool } from '../shared/db'
+import { createLogger } from '../shared/logger'
+import { createWorkerConnection } from '../shared/redis'
+import { OptionQueues } from './option-queues'
+
+export interface RunningWorker {
+  optionQueues: OptionQueues
+  close: () => Promise<void>
+}
+
+export async function startWorker (config: Config, log: Logger): Promise<RunningWorker> {
+  const db = createPool(config.databaseUrl, config.databasePoolSize, log)
+  const connection = createWorkerConnection(config.redisUrl, log, 'worker')
+  const subscriber = createWorkerConnection(config.redisUrl, log, 'worker-wakeups')
+  const optionQueues = new OptionQueues({ config, db, connection, subscriber, log })
+  await optionQueues.start()
+  return {
+    optionQueues,
+    async close () {
+      await optionQueues.close()
+      subscriber.disconnect()
+      await connection.quit().catch(() => { connection.disconnect() })
+      await db.end()
+    },
+  }
+}
+
+/** How long shutdown may take before the process is ended anyway; compose waits longer (stop_grace_period). */
+export const WORKER_SHUTDOWN_BUDGET_MS = 20_000
+
+async function main (): Promise<void> {
+  const config = loadConfigOrExit()
+  const log = createLogger(config, 'worker')
+  const worker = await startWorker(config, log)
+  log.info({ batchSize: config.workerBatchSize }, 'worker started')
+  closeWithGrace({ delay: WORKER_SHUTDOWN_BUDGET_MS, logger: log }, async ({ signal, err }) => {
+    if (err !== undefined) log.error({ err }, 'worker closing after an error')
+    else log.info({ signal }, 'worker closing')
+    await worker.close()
+    log.info('worker closed')
+  })
+}
+
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`worker failed to start: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+    process.exit(1)
+  })
+}

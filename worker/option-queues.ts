@@ -1,0 +1,180 @@
+/**
+ * Finds the option queues that have work and runs one BullMQ Worker for each.
+ *
+ * The API registers an option in a sorted set before it enqueues and publishes
+ * a wake-up. This module subscribes to wake-ups and also rescans the set every
+ * few seconds, so a missed message only delays a job and never strands it.
+ * A queue idle for WORKER_QUEUE_IDLE_MS is let go (its Worker closed, and its
+ * registration removed once the queue is empty), so connections stay bounded
+ * by the options in use, not by the options that exist.
+ *
+ * Serialization across replicas is BullMQ's queue-level global concurrency of 1.
+ * @see https://docs.bullmq.io/guide/queues/global-concurrency
+ */
+import { Queue, Worker } from 'bullmq'
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import type { Config } from '../shared/config'
+import type { Db } from '../shared/db'
+import { PURCHASE_JOB_NAME, purchaseQueueName, queueWakeupChannel } from '../shared/queue-names'
+import { listActiveOptions, releaseOption } from '../shared/queue-registry'
+import { createPurchaseProcessor, RecentOutcomes } from './purchase-processor'
+
+/**
+ * Lock and stall settings for short jobs: a worker killed mid-job holds its
+ * option for at most LOCK_DURATION_MS + STALLED_INTERVAL_MS before another
+ * worker moves the job back to wait (DESIGN.md: at-least-once, never twice).
+ */
+export const LOCK_DURATION_MS = 5000
+export const STALLED_INTERVAL_MS = 3000
+
+interface RunningQueue {
+  worker: Worker
+  queue: Queue
+  lastActiveAt: number
+}
+
+export interface OptionQueuesDeps {
+  config: Config
+  db: Db
+  /** shared non-blocking connection: queues, registry, publishing outcomes */
+  connection: Redis
+  /** dedicated connection in subscriber mode */
+  subscriber: Redis
+  log: Logger
+}
+
+export class OptionQueues {
+  private readonly running = new Map<string, RunningQueue>()
+  private readonly recent = new RecentOutcomes()
+  private rescanTimer: NodeJS.Timeout | undefined
+  private rescanning: Promise<void> | undefined
+  private closing = false
+
+  constructor (private readonly deps: OptionQueuesDeps) {}
+
+  /** Option ids this process currently runs a Worker for. */
+  get activeOptionIds (): string[] {
+    return [...this.running.keys()]
+  }
+
+  async start (): Promise<void> {
+    const { subscriber, config, log } = this.deps
+    subscriber.on('message', (channel: string, ticketOptionId: string) => {
+      if (channel === queueWakeupChannel(config.queuePrefix)) this.ensure(ticketOptionId)
+    })
+    await subscriber.subscribe(queueWakeupChannel(config.queuePrefix))
+    await this.rescan()
+    this.rescanTimer = setInterval(() => {
+      this.rescan().catch((err: unknown) => { log.warn({ err }, 'rescan of option queues failed') })
+    }, config.workerRescanMs)
+  }
+
+  /** Looks at every registered option: runs the active ones, lets idle ones go. */
+  async rescan (): Promise<void> {
+    // One rescan at a time; a timer tick during a slow one joins it.
+    this.rescanning ??= this.rescanOnce().finally(() => { this.rescanning = undefined })
+    await this.rescanning
+  }
+
+  private async rescanOnce (): Promise<void> {
+    if (this.closing) return
+    const { connection, config } = this.deps
+    const now = Date.now()
+    const registered = await listActiveOptions(connection, config.queuePrefix)
+    const wanted = new Set<string>()
+    for (const { ticketOptionId, lastUsedAt } of registered) {
+      if (now - lastUsedAt < config.workerQueueIdleMs || await this.hasJobs(ticketOptionId)) {
+        wanted.add(ticketOptionId)
+        this.ensure(ticketOptionId)
+      } else {
+        await releaseOption(connection, config.queuePrefix, ticketOptionId, lastUsedAt)
+      }
+    }
+    for (const [ticketOptionId, entry] of this.running) {
+      if (!wanted.has(ticketOptionId) && now - entry.lastActiveAt >= config.workerQueueIdleMs) await this.stop(ticketOptionId)
+    }
+  }
+
+  private async hasJobs (ticketOptionId: string): Promise<boolean> {
+    const entry = this.running.get(ticketOptionId)
+    const queue = entry?.queue ?? this.newQueue(ticketOptionId)
+    try {
+      const counts = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized')
+      return Object.values(counts).some((n) => n > 0)
+    } finally {
+      if (entry === undefined) await queue.close()
+    }
+  }
+
+  private newQueue (ticketOptionId: string): Queue {
+    const queue = new Queue(purchaseQueueName(ticketOptionId), { connection: this.deps.connection, prefix: this.deps.config.queuePrefix })
+    queue.on('error', (err) => { this.deps.log.warn({ err, ticketOptionId }, 'queue error') })
+    return queue
+  }
+
+  /** Starts a Worker for the option's queue unless one runs already. */
+  ensure (ticketOptionId: string): void {
+    if (this.closing) return
+    const existing = this.running.get(ticketOptionId)
+    if (existing !== undefined) {
+      existing.lastActiveAt = Date.now()
+      return
+    }
+    const { config, db, connection, log } = this.deps
+    const queueLog = log.child({ ticketOptionId })
+    const queue = this.newQueue(ticketOptionId)
+    const processor = createPurchaseProcessor(queue, {
+      db,
+      publisher: connection,
+      prefix: config.queuePrefix,
+      batchSize: config.workerBatchSize,
+      dbRetryMs: config.workerDbRetryMs,
+      log: queueLog,
+      isClosing: () => this.closing,
+      recent: this.recent,
+    })
+    const worker = new Worker(purchaseQueueName(ticketOptionId), processor, {
+      connection,
+      prefix: config.queuePrefix,
+      concurrency: 1,
+      lockDuration: LOCK_DURATION_MS,
+      stalledInterval: STALLED_INTERVAL_MS,
+      // A purchase job is idempotent, so a job that stalls again is retried rather than failed.
+      maxStalledCount: 10,
+      removeOnComplete: { age: 3600, count: 10_000 },
+      removeOnFail: { age: 7 * 24 * 3600 },
+    })
+    const entry: RunningQueue = { worker, queue, lastActiveAt: Date.now() }
+    worker.on('error', (err) => { queueLog.warn({ err }, 'worker error') })
+    worker.on('failed', (job, err) => { queueLog.error({ err, jobId: job?.id, attemptsMade: job?.attemptsMade }, 'purchase job failed') })
+    worker.on('completed', () => { entry.lastActiveAt = Date.now() })
+    this.running.set(ticketOptionId, entry)
+    // Set by the API too; repeated here so an option's queue is serial even if an older API enqueued into it.
+    queue.setGlobalConcurrency(1).catch((err: unknown) => { queueLog.warn({ err }, 'could not set global concurrency') })
+    queueLog.info({ queue: purchaseQueueName(ticketOptionId), jobName: PURCHASE_JOB_NAME }, 'serving option queue')
+  }
+
+  private async stop (ticketOptionId: string): Promise<void> {
+    const entry = this.running.get(ticketOptionId)
+    if (entry === undefined) return
+    this.running.delete(ticketOptionId)
+    await entry.worker.close()
+    await entry.queue.close()
+    this.deps.log.info({ ticketOptionId }, 'let idle option queue go')
+  }
+
+  /** Stops taking jobs, lets the purchase being applied finish, and closes every Worker. */
+  async close (): Promise<void> {
+    this.closing = true
+    clearInterval(this.rescanTimer)
+    await this.rescanning?.catch(() => {})
+    await this.deps.subscriber.unsubscribe().catch(() => {})
+    const entries = [...this.running.values()]
+    this.running.clear()
+    await Promise.all(entries.map(async ({ worker, queue }) => {
+      await worker.close()
+      await queue.close()
+    }))
+  }
+}
