@@ -1,0 +1,143 @@
+import t from 'tap'
+import { buildApp } from '../../api/app'
+import { createOption, setUp, startTestWorker } from '../support/app'
+import { createTestEnvironment, unbalancedOptions } from '../support/environment'
+
+const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+
+t.test('purchases through the queue and the worker', async (t) => {
+  const { app, sql } = await setUp(t)
+
+  t.test('201 with the committed purchase, 409 when too few remain, GET shows what is left', async (t) => {
+    const id = await createOption(app, 3)
+    const bought = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 2, user_id: USER } })
+    t.equal(bought.statusCode, 201)
+    const purchase = bought.json()
+    t.same(Object.keys(purchase).sort(), ['created_at', 'id', 'quantity', 'status', 'ticket_option_id', 'user_id'])
+    t.match(purchase, { ticket_option_id: id, user_id: USER, quantity: 2, status: 'succeeded' })
+    t.match(purchase.id, UUID)
+    t.ok(!Number.isNaN(Date.parse(purchase.created_at)))
+    t.equal(bought.headers.location, `/ticket_options/${id}/purchases/${purchase.id}`)
+
+    const refused = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 2, user_id: USER } })
+    t.equal(refused.statusCode, 409)
+    t.match(refused.json(), { statusCode: 409, error: 'Conflict', code: 'NOT_ENOUGH_TICKETS', requested: 2, available: 1, message: 'Not enough tickets: requested 2, available 1' })
+
+    const last = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })
+    t.equal(last.statusCode, 201, 'a smaller request after a rejection still gets the last ticket')
+
+    const option = await app.inject({ method: 'GET', url: `/ticket_options/${id}` })
+    t.equal(option.json().allocation, 0)
+    const tickets = await sql.query('select count(*)::int as n from tickets where ticket_option_id = $1', [id])
+    t.equal(tickets.rows[0].n, 3, 'one ticket row per ticket bought')
+    t.same(await unbalancedOptions(sql), [])
+  })
+
+  t.test('the status route shows succeeded and rejected purchases', async (t) => {
+    const id = await createOption(app, 1)
+    const ok = (await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })).json()
+    const no = (await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })).json()
+    const okStatus = await app.inject({ method: 'GET', url: `/ticket_options/${id}/purchases/${ok.id}` })
+    t.equal(okStatus.statusCode, 200)
+    t.same(okStatus.json(), { ...ok })
+    const noStatus = await app.inject({ method: 'GET', url: `/ticket_options/${id}/purchases/${no.purchase_id}` })
+    t.equal(noStatus.statusCode, 200)
+    t.match(noStatus.json(), { id: no.purchase_id, status: 'rejected', reason: 'not_enough_tickets', available: 0, quantity: 1 })
+  })
+
+  t.test('404s: unknown option (buying and reading status), unknown purchase, purchase of another option', async (t) => {
+    const unknown = '00000000-0000-4000-8000-000000000000'
+    const buy = await app.inject({ method: 'POST', url: `/ticket_options/${unknown}/purchases`, payload: { quantity: 1, user_id: USER } })
+    t.equal(buy.statusCode, 404)
+    t.same(buy.json(), { statusCode: 404, error: 'Not Found', message: `Ticket option ${unknown} not found`, code: 'TICKET_OPTION_NOT_FOUND' })
+    const status = await app.inject({ method: 'GET', url: `/ticket_options/${unknown}/purchases/${unknown}` })
+    t.equal(status.statusCode, 404)
+    t.equal(status.json().code, 'TICKET_OPTION_NOT_FOUND')
+
+    const id = await createOption(app, 5)
+    const missing = await app.inject({ method: 'GET', url: `/ticket_options/${id}/purchases/${unknown}` })
+    t.equal(missing.statusCode, 404)
+    t.equal(missing.json().code, 'PURCHASE_NOT_FOUND')
+
+    const other = await createOption(app, 5)
+    const mine = (await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })).json()
+    const crossed = await app.inject({ method: 'GET', url: `/ticket_options/${other}/purchases/${mine.id}` })
+    t.equal(crossed.statusCode, 404, 'a purchase is only found under its own option')
+  })
+
+  t.test('400s name the field, and nothing is bought', async (t) => {
+    const id = await createOption(app, 5)
+    const cases: Array<[unknown, RegExp]> = [
+      [{ user_id: USER }, /must have required property 'quantity'/],
+      [{ quantity: 1 }, /must have required property 'user_id'/],
+      [{ quantity: 0, user_id: USER }, /body\/quantity must be >= 1/],
+      [{ quantity: -3, user_id: USER }, /body\/quantity must be >= 1/],
+      [{ quantity: 2147483648, user_id: USER }, /body\/quantity must be <= 2147483647/],
+      [{ quantity: '2', user_id: USER }, /body\/quantity must be integer/],
+      [{ quantity: 1.5, user_id: USER }, /body\/quantity must be integer/],
+      [{ quantity: null, user_id: USER }, /body\/quantity must be integer/],
+      [{ quantity: [1], user_id: USER }, /body\/quantity must be integer/],
+      [{ quantity: true, user_id: USER }, /body\/quantity must be integer/],
+      [{ quantity: 1, user_id: 'someone' }, /body\/user_id must match pattern/],
+      [{ quantity: 1, user_id: 42 }, /body\/user_id must be string/],
+    ]
+    for (const [payload, message] of cases) {
+      const res = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: payload as object })
+      t.equal(res.statusCode, 400, JSON.stringify(payload))
+      t.match(res.json(), { statusCode: 400, error: 'Bad Request', code: 'FST_ERR_VALIDATION' })
+      t.match(res.json().message, message)
+    }
+    const badId = await app.inject({ method: 'POST', url: '/ticket_options/nope/purchases', payload: { quantity: 1, user_id: USER } })
+    t.equal(badId.statusCode, 400)
+    t.match(badId.json().message, /params\/id/)
+    const badPurchaseId = await app.inject({ method: 'GET', url: `/ticket_options/${id}/purchases/nope` })
+    t.equal(badPurchaseId.statusCode, 400)
+    t.match(badPurchaseId.json().message, /params\/purchase_id/)
+    const notJson = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, headers: { 'content-type': 'text/plain' }, payload: 'quantity=1' })
+    t.equal(notJson.statusCode, 415)
+    const { rows } = await sql.query('select count(*)::int as n from purchases where ticket_option_id = $1', [id])
+    t.equal(rows[0].n, 0, 'no bad request reached the queue')
+    t.equal((await app.inject({ method: 'GET', url: `/ticket_options/${id}` })).json().allocation, 5)
+  })
+
+  t.test('ids in capitals name the same option and user', async (t) => {
+    const id = await createOption(app, 2)
+    const res = await app.inject({ method: 'POST', url: `/ticket_options/${id.toUpperCase()}/purchases`, payload: { quantity: 1, user_id: USER.toUpperCase() } })
+    t.equal(res.statusCode, 201)
+    t.match(res.json(), { ticket_option_id: id, user_id: USER })
+  })
+})
+
+t.test('202 when the outcome is not known in time; the status route shows it later', async (t) => {
+  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200' } })
+  const id = await createOption(app, 1)
+  const res = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })
+  t.equal(res.statusCode, 202)
+  const pending = res.json()
+  t.match(pending, { id: UUID, status: 'pending' })
+  t.equal(res.headers.location, `/ticket_options/${id}/purchases/${pending.id}`)
+  const before = await app.inject({ method: 'GET', url: res.headers.location as string })
+  t.equal(before.statusCode, 200)
+  t.same(before.json(), { id: pending.id, ticket_option_id: id, status: 'pending' })
+
+  await startTestWorker(t, config)
+  let settled
+  for (let i = 0; i < 100; i++) {
+    settled = (await app.inject({ method: 'GET', url: res.headers.location as string })).json()
+    if (settled.status !== 'pending') break
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  t.match(settled, { id: pending.id, status: 'succeeded', quantity: 1 })
+  t.equal((await app.inject({ method: 'GET', url: `/ticket_options/${id}` })).json().allocation, 0)
+})
+
+t.test('an error nobody planned for is a bare 500 without internals', async (t) => {
+  const { config } = await createTestEnvironment(t)
+  const app = await buildApp(config, { logger: false })
+  t.teardown(async () => { await app.close() })
+  app.get('/boom', async () => { throw new Error('secret SQL: select * from users') })
+  const res = await app.inject({ method: 'GET', url: '/boom' })
+  t.equal(res.statusCode, 500)
+  t.same(res.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error', code: 'INTERNAL_SERVER_ERROR' })
+})

@@ -1,0 +1,76 @@
+/**
+ * The design's promise under real concurrency: 2 API processes and 3 worker
+ * processes, 1,000 purchases fired at once. Exactly the allocation is sold,
+ * every other buyer gets a 409, nothing is a 5xx, and invariant 1 holds.
+ */
+import t from 'tap'
+import { randomUUID } from 'node:crypto'
+import { createTestEnvironment, unbalancedOptions } from '../support/environment'
+import { burst, countByStatus, openPools, request } from '../support/load'
+import { startProcess } from '../support/processes'
+
+t.test('2 APIs and 3 workers under a burst', async (t) => {
+  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '60000' })
+  const { env, sql } = environment
+  const apis = await Promise.all([startProcess(t, 'api', env), startProcess(t, 'api', env)])
+  await Promise.all([startProcess(t, 'worker', env), startProcess(t, 'worker', env), startProcess(t, 'worker', env)])
+  const pools = openPools(t, apis.map((a) => a.url))
+  const [pool] = pools
+  if (pool === undefined) throw new Error('no pool')
+
+  async function createOption (allocation: number): Promise<string> {
+    const res = await request(pool as NonNullable<typeof pool>, 'POST', '/ticket_options', { name: `burst ${allocation}`, allocation })
+    return res.body.id as string
+  }
+
+  async function committed (ids: string[]): Promise<number> {
+    const { rows } = await sql.query("select count(*)::int as n from purchases where id = any($1::uuid[]) and status = 'succeeded'", [ids])
+    return rows[0].n as number
+  }
+
+  t.test('1,000 purchases of 1 ticket against 300', async (t) => {
+    const optionId = await createOption(300)
+    const answers = await burst(pools, Array.from({ length: 1000 }, () => ({ optionId, quantity: 1, userId: randomUUID() })))
+    const counts = countByStatus(answers)
+    t.comment(`answers: ${JSON.stringify(counts)}`)
+    t.same(counts, { 201: 300, 409: 700 })
+    t.ok(answers.some((a) => a.api === 0 && a.status === 201) && answers.some((a) => a.api === 1 && a.status === 201), 'both APIs sold tickets')
+    t.equal((await request(pool, 'GET', `/ticket_options/${optionId}`)).body.allocation, 0)
+    const sold = answers.filter((a) => a.status === 201).map((a) => a.body.id as string)
+    t.equal(await committed(sold), 300, 'every 201 is committed')
+    for (const a of answers.filter((a) => a.status === 409)) {
+      if (a.body.requested !== 1 || typeof a.body.available !== 'number') t.fail(`bad 409 body ${JSON.stringify(a.body)}`)
+    }
+    t.same(await unbalancedOptions(sql), [])
+  })
+
+  t.test('1,000 purchases of 1–5 tickets against 300', async (t) => {
+    const optionId = await createOption(300)
+    const answers = await burst(pools, Array.from({ length: 1000 }, () => ({ optionId, quantity: 1 + Math.floor(Math.random() * 5), userId: randomUUID() })))
+    const counts = countByStatus(answers)
+    t.comment(`answers: ${JSON.stringify(counts)}`)
+    t.same(Object.keys(counts).sort(), ['201', '409'], 'only 201 and 409')
+    const soldTickets = answers.filter((a) => a.status === 201).reduce((sum, a) => sum + (a.body.quantity as number), 0)
+    t.equal(soldTickets, 300, 'the whole allocation is sold: with 1,000 buyers the last ticket always finds a taker')
+    t.equal((await request(pool, 'GET', `/ticket_options/${optionId}`)).body.allocation, 0)
+    const sold = answers.filter((a) => a.status === 201).map((a) => a.body.id as string)
+    t.equal(await committed(sold), sold.length)
+    for (const a of answers.filter((a) => a.status === 409)) {
+      if (!((a.body.available as number) < (a.body.requested as number))) t.fail(`a 409 with enough tickets: ${JSON.stringify(a.body)}`)
+    }
+    t.same(await unbalancedOptions(sql), [])
+  })
+
+  t.test('two options hammered at once do not interfere', async (t) => {
+    const [a, b] = await Promise.all([createOption(100), createOption(250)])
+    const purchases = Array.from({ length: 800 }, (_, i) => ({ optionId: i % 2 === 0 ? a : b, quantity: 1, userId: randomUUID() }))
+    const answers = await burst(pools, purchases)
+    const of = (id: string): Record<number, number> => countByStatus(answers.filter((_, i) => purchases[i]?.optionId === id))
+    t.comment(`option a: ${JSON.stringify(of(a))}, option b: ${JSON.stringify(of(b))}`)
+    t.same(of(a), { 201: 100, 409: 300 })
+    t.same(of(b), { 201: 250, 409: 150 })
+    t.equal((await request(pool, 'GET', `/ticket_options/${a}`)).body.allocation, 0)
+    t.equal((await request(pool, 'GET', `/ticket_options/${b}`)).body.allocation, 0)
+    t.same(await unbalancedOptions(sql), [])
+  })
+})

@@ -1,0 +1,62 @@
+import t from 'tap'
+import { ConfigError, loadConfig } from '../../shared/config'
+
+t.test('defaults work with no variables set', async (t) => {
+  const config = loadConfig({})
+  t.equal(config.port, 3000)
+  t.equal(config.host, '127.0.0.1')
+  t.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:5432/tickets')
+  t.equal(config.redisUrl, 'redis://127.0.0.1:6379')
+  t.equal(config.queuePrefix, 'tickets')
+  t.equal(config.purchaseWaitMs, 5000)
+  t.ok(Object.isFrozen(config))
+})
+
+t.test('reads and converts variables', async (t) => {
+  const config = loadConfig({ PORT: '8080', PURCHASE_WAIT_MS: '250', WORKER_BATCH_SIZE: '1', LOG_LEVEL: 'debug', LOG_PRETTY: 'true', DATABASE_URL: 'postgresql://u:p@db:5432/x' })
+  t.equal(config.port, 8080)
+  t.equal(config.purchaseWaitMs, 250)
+  t.equal(config.workerBatchSize, 1)
+  t.equal(config.logLevel, 'debug')
+  t.equal(config.logPretty, true)
+  t.equal(config.databaseUrl, 'postgresql://u:p@db:5432/x')
+})
+
+t.test('an empty variable means the default', async (t) => {
+  t.equal(loadConfig({ PORT: '' }).port, 3000)
+})
+
+const bad: Array<[Record<string, string>, string]> = [
+  [{ PORT: 'abc' }, 'PORT'],
+  [{ PORT: '70000' }, 'PORT'],
+  [{ PORT: '-1' }, 'PORT'],
+  [{ DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],
+  [{ REDIS_URL: 'http://x' }, 'REDIS_URL'],
+  [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
+  [{ QUEUE_PREFIX: 'a:b' }, 'QUEUE_PREFIX'],
+  [{ PURCHASE_WAIT_MS: '1.5' }, 'PURCHASE_WAIT_MS'],
+  [{ WORKER_BATCH_SIZE: '0' }, 'WORKER_BATCH_SIZE'],
+  [{ DATABASE_POOL_SIZE: '0' }, 'DATABASE_POOL_SIZE'],
+  [{ LOG_PRETTY: 'yes' }, 'LOG_PRETTY'],
+]
+for (const [env, name] of bad) {
+  t.test(`a bad ${name} stops start-up with a message naming it`, async (t) => {
+    const err = (() => { try { loadConfig(env) } catch (e) { return e } })()
+    t.ok(err instanceof ConfigError, 'a ConfigError')
+    t.match((err as Error).message, new RegExp(`^${name} `))
+  })
+}
+
+t.test('the entry points exit 1 naming the bad variable', async (t) => {
+  const { spawnSync } = await import('node:child_process')
+  for (const entry of ['api/server.ts', 'worker/main.ts', 'migrations/migrate.ts']) {
+    const run = spawnSync(process.execPath, ['--import', 'tsx', entry], {
+      cwd: `${__dirname}/../..`,
+      env: { PATH: process.env.PATH, PURCHASE_WAIT_MS: 'soon' },
+      encoding: 'utf8',
+      timeout: 30_000,
+    })
+    t.equal(run.status, 1, `${entry} exit code`)
+    t.match(run.stderr, /PURCHASE_WAIT_MS/, `${entry} names the variable`)
+  }
+})
