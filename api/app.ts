@@ -10,8 +10,11 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Config } from '../shared/config'
 import { loggerOptions } from '../shared/logger'
+import dashboard from './plugins/dashboard'
 import errorHandler from './plugins/error-handler'
+import gracefulClose from './plugins/graceful-close'
 import purchasing from './plugins/purchasing'
+import healthRoutes from './routes/health'
 import purchaseRoutes from './routes/purchases'
 import ticketOptionRoutes from './routes/ticket-options'
 import { ErrorSchema } from './schemas/common'
@@ -52,10 +55,13 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
   }
 
   await app.register(errorHandler)
+  await app.register(gracefulClose)
   await app.register(purchasing, { config })
+  await app.register(dashboard, { config })
 
   await app.register(ticketOptionRoutes)
   await app.register(purchaseRoutes)
+  await app.register(healthRoutes)
 
   return app
 }

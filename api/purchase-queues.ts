@@ -32,7 +32,20 @@ export class PurchaseQueues {
     private readonly prefix: string,
     private readonly log: Logger,
     private readonly maxOpen = 1000,
-  ) {}
+  ) {
+    // A Redis restarted without its data (no AOF) forgets each queue's global
+    // concurrency and the registry: set them again on every reconnect, before
+    // the next add (enqueue awaits `ready`), so options stay serial across workers.
+    redis.on('ready', () => { this.setUpAgain() })
+  }
+
+  private setUpAgain (): void {
+    for (const [ticketOptionId, entry] of this.open) {
+      entry.touchedAt = 0
+      entry.ready = entry.queue.setGlobalConcurrency(1).then(() => {})
+      entry.ready.catch(() => { if (this.open.get(ticketOptionId) === entry) this.open.delete(ticketOptionId) })
+    }
+  }
 
   private get (ticketOptionId: string): OpenQueue {
     let entry = this.open.get(ticketOptionId)

@@ -8,7 +8,8 @@ import { randomUUID } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { Db } from '../shared/db'
 import type { PurchaseJobData } from '../shared/purchase-job'
-import { findPurchase, type PurchaseRecord } from '../shared/purchases'
+import { findPurchase, voidUnqueuedPurchase, type PurchaseRecord } from '../shared/purchases'
+import { commandNeverSent } from '../shared/redis'
 import { ticketOptionExists } from '../shared/ticket-options'
 import { ServiceUnavailableError } from './errors'
 import type { OutcomeWaiter } from './outcome-waiter'
@@ -78,6 +79,17 @@ export class PurchaseService {
     } catch (err) {
       wait.cancel()
       log.warn({ err, purchaseId: data.purchaseId }, 'could not enqueue purchase')
+      // Redis may have stored the job before the connection dropped: void it
+      // in PostgreSQL so the 503 stays true, or answer what a worker recorded first.
+      if (!commandNeverSent(err)) {
+        try {
+          const recorded = await voidUnqueuedPurchase(this.deps.db, data)
+          if (recorded !== null) return { kind: 'recorded', purchase: recorded }
+        } catch (voidErr) {
+          log.error({ err: voidErr, purchaseId: data.purchaseId }, 'could not void a purchase whose enqueue failed')
+          return { kind: 'pending', purchaseId: data.purchaseId } // its fate is unknown: never claim nothing was bought
+        }
+      }
       throw new ServiceUnavailableError('The purchase queue')
     }
     return await this.outcome(input.ticketOptionId, data.purchaseId, await wait.promise)

@@ -17,7 +17,7 @@ const Url = (def: string, scheme: string) => Type.String({ pattern: `^${scheme}:
 export const EnvSchema = Type.Object({
   /** HTTP port of the API. */
   PORT: Port('3000'),
-  /** Interface the API listens on; compose sets 0.0.0.0. */
+  /** Interface the API and the worker's health server listen on; compose sets 0.0.0.0. */
   HOST: Type.String({ minLength: 1, default: '127.0.0.1' }),
   /** PostgreSQL connection string; the database is created by `npm run migrate` when missing. */
   DATABASE_URL: Url('postgres://postgres@127.0.0.1:5432/tickets', 'postgres(ql)?'),
@@ -39,8 +39,14 @@ export const EnvSchema = Type.Object({
   WORKER_RESCAN_MS: Int('2000'),
   /** How long a worker keeps retrying a purchase while PostgreSQL is unreachable before handing it back to the queue (ms). */
   WORKER_DB_RETRY_MS: Int('30000'),
+  /** HTTP port of the worker's /health/live and /health/ready; 0 picks a free port (logged). */
+  WORKER_HEALTH_PORT: Port('3001'),
   /** Whether `npm start` style logs are pretty-printed; by default only when stdout is a terminal. */
   LOG_PRETTY: Type.Optional(Bool('false')),
+  /** Queue dashboard at /admin/queues: closed (404) unless both are set; then HTTP basic auth. No `:` in the user. */
+  DASHBOARD_USER: Type.Optional(Type.String({ pattern: '^[^:]{1,200}$' })),
+  /** Checked in dashboardCredentials, never echoed in an error message. */
+  DASHBOARD_PASSWORD: Type.Optional(Type.String()),
 })
 export type Env = Static<typeof EnvSchema>
 
@@ -58,6 +64,14 @@ export interface Config {
   readonly workerQueueIdleMs: number
   readonly workerRescanMs: number
   readonly workerDbRetryMs: number
+  readonly workerHealthPort: number
+  /** Basic-auth credentials of the queue dashboard; null keeps it closed. */
+  readonly dashboard: DashboardCredentials | null
+}
+
+export interface DashboardCredentials {
+  readonly user: string
+  readonly password: string
 }
 
 export class ConfigError extends Error {
@@ -70,6 +84,21 @@ function intIn (env: Env, name: keyof Env, min: number, max: number): number {
     throw new ConfigError(`${name} must be an integer between ${min} and ${max}, got ${JSON.stringify(env[name])}`)
   }
   return value
+}
+
+/** Shortest dashboard password accepted: the dashboard shows every purchase's data. */
+export const DASHBOARD_PASSWORD_MIN_LENGTH = 12
+
+/** Both dashboard variables or neither; the password's value never appears in a message. */
+function dashboardCredentials (env: Env): DashboardCredentials | null {
+  const { DASHBOARD_USER: user, DASHBOARD_PASSWORD: password } = env
+  if (user === undefined && password === undefined) return null
+  if (user === undefined) throw new ConfigError('DASHBOARD_USER must be set when DASHBOARD_PASSWORD is (both or neither)')
+  if (password === undefined) throw new ConfigError('DASHBOARD_PASSWORD must be set when DASHBOARD_USER is (both or neither)')
+  if (password.length < DASHBOARD_PASSWORD_MIN_LENGTH || password.length > 200) {
+    throw new ConfigError(`DASHBOARD_PASSWORD must be ${DASHBOARD_PASSWORD_MIN_LENGTH} to 200 characters long, got ${password.length}`)
+  }
+  return Object.freeze({ user, password })
 }
 
 /** Reads and validates the environment; throws a ConfigError naming the first bad variable. */
@@ -100,6 +129,8 @@ export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
     workerQueueIdleMs: intIn(env, 'WORKER_QUEUE_IDLE_MS', 1000, 86_400_000),
     workerRescanMs: intIn(env, 'WORKER_RESCAN_MS', 100, 600_000),
     workerDbRetryMs: intIn(env, 'WORKER_DB_RETRY_MS', 0, 3_600_000),
+    workerHealthPort: intIn(env, 'WORKER_HEALTH_PORT', 0, 65535),
+    dashboard: dashboardCredentials(env),
   } satisfies Config)
 }
 

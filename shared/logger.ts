@@ -16,7 +16,7 @@ export function loggerOptions (config: Pick<Config, 'logLevel' | 'logPretty'>, n
     name,
     level: config.logLevel,
     redact: {
-      paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'config.databaseUrl', 'config.redisUrl', '*.password'],
+      paths: ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'config.databaseUrl', 'config.redisUrl', 'config.dashboard.password', '*.password'],
       censor: '***',
     },
     ...(config.logPretty ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l' } } } : {}),

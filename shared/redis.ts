@@ -18,6 +18,10 @@ export function createProducerConnection (redisUrl: string, log: Logger, connect
     connectTimeout: 1000,
     commandTimeout: 2000,
     retryStrategy: reconnect,
+    // Under load many requests add their job in the same event-loop turn;
+    // this sends them in one write instead of one write each (bench: fewer
+    // syscalls in the API and in Redis). Errors stay per command.
+    enableAutoPipelining: true,
   })
   redis.on('error', (err) => { log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, `redis ${connectionName} error`) })
   return redis
@@ -44,4 +48,13 @@ export async function waitUntilReady (redis: Redis, timeoutMs: number): Promise<
     const cleanup = (): void => { clearTimeout(timer); redis.off('ready', onReady) }
     redis.on('ready', onReady)
   })
+}
+
+/**
+ * True when a command failed before it was written to Redis (a fail-fast
+ * connection refuses while disconnected). Any other failure is ambiguous:
+ * Redis may have run the command and the reply been lost with the connection.
+ */
+export function commandNeverSent (err: unknown): boolean {
+  return err instanceof Error && err.message.startsWith("Stream isn't writeable")
 }

@@ -24,9 +24,14 @@ import { createPurchaseProcessor, RecentOutcomes } from './purchase-processor'
  * Lock and stall settings for short jobs: a worker killed mid-job holds its
  * option for at most LOCK_DURATION_MS + STALLED_INTERVAL_MS before another
  * worker moves the job back to wait (DESIGN.md: at-least-once, never twice).
+ * The lock is renewed every LOCK_DURATION_MS / 2, so one late renewal under
+ * load never loses it. The stall check runs once per interval per queue
+ * (shared by all workers), so 2 s costs one small script per queue every 2 s;
+ * with 3 s test/faults/worker-sigkill.test.ts measured stalls up to 8.1 s
+ * under load, too close to the 10 s target.
  */
 export const LOCK_DURATION_MS = 5000
-export const STALLED_INTERVAL_MS = 3000
+export const STALLED_INTERVAL_MS = 2000
 
 interface RunningQueue {
   worker: Worker
@@ -64,6 +69,13 @@ export class OptionQueues {
       if (channel === queueWakeupChannel(config.queuePrefix)) this.ensure(ticketOptionId)
     })
     await subscriber.subscribe(queueWakeupChannel(config.queuePrefix))
+    // A Redis restarted without its data (no AOF) forgets each queue's global
+    // concurrency: set it again on every reconnect so options stay serial across replicas.
+    this.deps.connection.on('ready', () => {
+      for (const [ticketOptionId, { queue }] of this.running) {
+        queue.setGlobalConcurrency(1).catch((err: unknown) => { log.warn({ err, ticketOptionId }, 'could not set global concurrency') })
+      }
+    })
     await this.rescan()
     this.rescanTimer = setInterval(() => {
       this.rescan().catch((err: unknown) => { log.warn({ err }, 'rescan of option queues failed') })

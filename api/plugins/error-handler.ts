@@ -11,7 +11,7 @@ import fp from 'fastify-plugin'
 import { isTransientDbError } from '../../shared/db'
 import { RETRY_AFTER_SECONDS, RouteNotFoundError } from '../errors'
 
-function errorBody (statusCode: number, message: string, code: string): Record<string, unknown> {
+export function errorBody (statusCode: number, message: string, code: string): Record<string, unknown> {
   return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message, code }
 }
 
