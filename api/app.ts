@@ -10,16 +10,24 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Config } from '../shared/config'
 import { loggerOptions } from '../shared/logger'
+import { clientErrorHandler, frameworkErrorHandler } from './client-errors'
 import dashboard from './plugins/dashboard'
 import errorHandler from './plugins/error-handler'
 import gracefulClose from './plugins/graceful-close'
+import metrics from './plugins/metrics'
+import openapi from './plugins/openapi'
 import purchasing from './plugins/purchasing'
+import rateLimit from './plugins/rate-limit'
 import healthRoutes from './routes/health'
+import metricsRoutes from './routes/metrics'
 import purchaseRoutes from './routes/purchases'
 import ticketOptionRoutes from './routes/ticket-options'
 import { ErrorSchema } from './schemas/common'
 import { NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseSchema, PurchaseStatusSchema } from './schemas/purchases'
 import { TicketOptionSchema } from './schemas/ticket-options'
+
+/** How often Node looks for requests past REQUEST_TIMEOUT_MS (ms). */
+const REQUEST_TIMEOUT_CHECK_MS = 500
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 
@@ -39,7 +47,15 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
     logger: options.logger ?? loggerOptions(config, 'api'),
     genReqId: requestId,
     requestIdHeader: false,
-    bodyLimit: 16 * 1024,
+    bodyLimit: config.bodyLimitBytes,
+    // REQUEST_TIMEOUT_MS, longer than PURCHASE_WAIT_MS (checked in shared/config.ts): a request
+    // must arrive within it (else 408, api/client-errors.ts) and a socket may sit idle that long.
+    requestTimeout: config.requestTimeoutMs,
+    connectionTimeout: config.requestTimeoutMs,
+    // Node checks requestTimeout only this often (30 s by default), which would let a slow client hold a socket far longer.
+    http: { connectionsCheckingInterval: REQUEST_TIMEOUT_CHECK_MS },
+    clientErrorHandler,
+    frameworkErrors: frameworkErrorHandler,
     // API.md: types are strict, nothing is coerced, unknown fields are refused.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     return503OnClosing: true,
@@ -56,12 +72,18 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
 
   await app.register(errorHandler)
   await app.register(gracefulClose)
+  // Before the routes: its onRoute hook limits the routes that ask for it.
+  await app.register(rateLimit, { config })
+  await app.register(metrics)
+  // Before the routes: @fastify/swagger collects them as they are registered.
+  await app.register(openapi)
   await app.register(purchasing, { config })
   await app.register(dashboard, { config })
 
   await app.register(ticketOptionRoutes)
   await app.register(purchaseRoutes)
   await app.register(healthRoutes)
+  await app.register(metricsRoutes)
 
   return app
 }

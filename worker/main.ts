@@ -10,26 +10,43 @@ import { loadConfigOrExit, type Config } from '../shared/config'
 import { createPool } from '../shared/db'
 import { createLogger } from '../shared/logger'
 import { createWorkerConnection } from '../shared/redis'
+import { startHealthServer, type HealthServer } from './health-server'
+import { WorkerMetrics } from './metrics'
 import { OptionQueues } from './option-queues'
 
 export interface RunningWorker {
   optionQueues: OptionQueues
+  /** the port of /health/live and /health/ready */
+  healthPort: number
   close: () => Promise<void>
 }
 
 export async function startWorker (config: Config, log: Logger): Promise<RunningWorker> {
   const db = createPool(config.databaseUrl, config.databasePoolSize, log)
-  const connection = createWorkerConnection(config.redisUrl, log, 'worker')
-  const subscriber = createWorkerConnection(config.redisUrl, log, 'worker-wakeups')
-  const optionQueues = new OptionQueues({ config, db, connection, subscriber, log })
+  const connection = createWorkerConnection(config.redisUrl, log, `${config.queuePrefix}-worker`)
+  const subscriber = createWorkerConnection(config.redisUrl, log, `${config.queuePrefix}-worker-wakeups`)
+  const metrics = new WorkerMetrics()
+  // Up before the queues start, so a worker stuck waiting for Redis is live but not ready.
+  let health: HealthServer
+  try {
+    health = await startHealthServer({ host: config.host, port: config.workerHealthPort, db, redis: connection, log, metrics })
+  } catch (err) {
+    subscriber.disconnect()
+    connection.disconnect()
+    await db.end()
+    throw err
+  }
+  const optionQueues = new OptionQueues({ config, db, connection, subscriber, log, metrics })
   await optionQueues.start()
   return {
     optionQueues,
+    healthPort: health.port,
     async close () {
       await optionQueues.close()
       subscriber.disconnect()
       await connection.quit().catch(() => { connection.disconnect() })
       await db.end()
+      await health.close()
     },
   }
 }

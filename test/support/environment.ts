@@ -86,6 +86,8 @@ export async function createTestEnvironment (t: Teardown, overrides: Record<stri
     LOG_LEVEL: 'warn',
     LOG_PRETTY: 'false',
     PORT: '0',
+    // Workers of parallel test files must not fight over the default health port.
+    WORKER_HEALTH_PORT: '0',
     HOST: '127.0.0.1',
     ...overrides,
   }

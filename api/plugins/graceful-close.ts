@@ -1,0 +1,38 @@
+/**
+ * Lets keep-alive connections go while the server closes, so that shutdown
+ * ends when the requests in flight are answered. Node's `server.close()`
+ * waits for every connection to end, and a keep-alive connection that has
+ * just answered an in-flight request stays open until `keepAliveTimeout`
+ * (72 s in Fastify), far past the shutdown budget. So from `preClose` on,
+ * every response carries `Connection: close`, and connections that fall idle
+ * are closed until the server is closed. The onClose hooks (queues, the
+ * outcome subscriber, pools) only run after that, so every in-flight purchase
+ * still gets its real outcome.
+ * @see https://fastify.dev/docs/latest/Reference/Server/#forcecloseconnections
+ * @see https://fastify.dev/docs/latest/Reference/Hooks/#preclose
+ */
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+
+/** How often idle connections are swept while closing (ms). */
+const IDLE_SWEEP_MS = 50
+
+async function gracefulClosePlugin (app: FastifyInstance): Promise<void> {
+  let closing = false
+  let sweeper: NodeJS.Timeout | undefined
+
+  app.addHook('preClose', async () => {
+    closing = true
+    sweeper = setInterval(() => { app.server.closeIdleConnections() }, IDLE_SWEEP_MS)
+    sweeper.unref()
+  })
+
+  app.addHook('onSend', async (_request, reply, payload) => {
+    if (closing) reply.header('connection', 'close')
+    return payload
+  })
+
+  app.addHook('onClose', async () => { clearInterval(sweeper) })
+}
+
+export default fp(gracefulClosePlugin, { name: 'graceful-close' })

@@ -1,0 +1,40 @@
+/**
+ * GET /health/live and GET /health/ready (API.md "Operator routes"), for
+ * load balancers, compose and orchestrator probes. Readiness asks PostgreSQL
+ * and Redis each time, with a short timeout, and answers 503 with Retry-After
+ * (through the root error handler) while either does not answer.
+ */
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { checkReadiness, isReady, unavailableDependencies } from '../../shared/health-checks'
+import { ServiceUnavailableError } from '../errors'
+import { errorRef } from '../schemas/common'
+import { LivenessSchema, ReadinessSchema } from '../schemas/health'
+
+const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const { db, redis } = app
+
+  // Probes come every few seconds: only their failures are worth a log line.
+  app.get('/health/live', {
+    logLevel: 'warn',
+    schema: {
+      tags: ['health'],
+      summary: 'The process is up',
+      response: { 200: LivenessSchema },
+    },
+  }, async () => ({ status: 'ok' as const }))
+
+  app.get('/health/ready', {
+    logLevel: 'warn',
+    schema: {
+      tags: ['health'],
+      summary: 'PostgreSQL and Redis answer; 503 with Retry-After otherwise',
+      response: { 200: ReadinessSchema, 503: errorRef },
+    },
+  }, async () => {
+    const readiness = await checkReadiness(db, redis)
+    if (!isReady(readiness)) throw new ServiceUnavailableError(unavailableDependencies(readiness))
+    return { status: 'ok' as const, checks: { postgres: 'ok' as const, redis: 'ok' as const } }
+  })
+}
+
+export default healthRoutes

@@ -1,0 +1,17 @@
+import { Type, type Static } from '@sinclair/typebox'
+
+/** GET /health/live: the process is up and serving HTTP. */
+export const LivenessSchema = Type.Object({
+  status: Type.Literal('ok'),
+}, { description: 'The process is up' })
+export type Liveness = Static<typeof LivenessSchema>
+
+/** GET /health/ready: PostgreSQL and Redis both answered just now. */
+export const ReadinessSchema = Type.Object({
+  status: Type.Literal('ok'),
+  checks: Type.Object({
+    postgres: Type.Literal('ok'),
+    redis: Type.Literal('ok'),
+  }),
+}, { description: 'PostgreSQL and Redis answer' })
+export type Readiness = Static<typeof ReadinessSchema>
