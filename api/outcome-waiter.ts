@@ -59,7 +59,9 @@ export class OutcomeWaiter {
     const remove = (): void => {
       clearTimeout(timer)
       const current = this.waiters.get(purchaseId)
-      current?.delete(resolver)
+      // The set holds `done`, not `resolver`: deleting `resolver` left every
+      // finished wait in the map forever (memory grew with every purchase).
+      current?.delete(done)
       if (current?.size === 0) this.waiters.delete(purchaseId)
     }
     const done: Resolver = (record) => { remove(); resolver(record) }

@@ -1,0 +1,285 @@
+/**
+ * `npm run bench`: starts our stack (1 API, 1 worker; BENCH_APIS / BENCH_WORKERS)
+ * and the reference server (bench/reference/) natively, on their own fresh
+ * databases and Redis prefix, runs every scenario against both, alternating,
+ * BENCH_REPS times (default 3), checks correctness after each run, and prints
+ * a table of medians plus one JSON line per scenario. Then: hot256 with the
+ * worker's batching off (WORKER_BATCH_SIZE=1), and a 60 s soak watching RSS.
+ *
+ * Switches (environment):
+ *   BENCH_QUICK=1            one repetition, soak skipped (~1–2 min)
+ *   BENCH_REPS=n             repetitions (default 3, quick 1)
+ *   BENCH_SCENARIOS=a,b      subset of hot64,hot256,spread,mixed,latency,batch_off,soak
+ *   BENCH_SOAK_SECONDS=n     soak length (default 60)
+ *   BENCH_APIS / BENCH_WORKERS   process counts (default 1 each)
+ *   BENCH_PROFILE=1          --cpu-prof on every server process, written to
+ *                            bench/results/profiles/, summarized at the end
+ *   BENCH_DATABASE_URL       admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
+ *   BENCH_REDIS_URL          default redis://127.0.0.1:6379
+ *   BENCH_WORKER_ENV / BENCH_API_ENV  extra env, e.g. "WORKER_BATCH_SIZE=200,DATABASE_POOL_SIZE=5"
+ * Results are also appended to bench/results/bench-<time>.jsonl.
+ */
+import { appendFileSync, mkdirSync, readdirSync, statSync } from 'node:fs'
+import { cpus } from 'node:os'
+import path from 'node:path'
+import { round } from './load'
+import { summarizeProfiles } from './profile-summary'
+import { SCENARIOS, runScenario, soakScenario, type RunFigures, type Scenario, type Target } from './scenarios'
+import { PROFILE_DIR, ROOT, rssMiB, Stack } from './stack'
+
+const env = process.env
+const quick = env.BENCH_QUICK === '1' || process.argv.includes('--quick')
+const profile = env.BENCH_PROFILE === '1' || process.argv.includes('--profile')
+const reps = Number(env.BENCH_REPS ?? (quick || profile ? '1' : '3'))
+const soakSeconds = Number(env.BENCH_SOAK_SECONDS ?? '60')
+const defaultScenarios = profile ? ['hot256'] : ['hot64', 'hot256', 'spread', 'mixed', 'latency', 'batch_off', ...(quick ? [] : ['soak'])]
+const selected = (env.BENCH_SCENARIOS ?? defaultScenarios.join(',')).split(',').map((s) => s.trim()).filter((s) => s !== '')
+const RESULTS_DIR = path.join(ROOT, 'bench', 'results')
+const resultsFile = path.join(RESULTS_DIR, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.jsonl`)
+
+function parseEnvList (value: string | undefined): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const pair of (value ?? '').split(',')) {
+    const [k, ...v] = pair.split('=')
+    if (k !== undefined && k.trim() !== '') out[k.trim()] = v.join('=')
+  }
+  return out
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  const mid = Math.floor(s.length / 2)
+  return s.length === 0 ? 0 : s.length % 2 === 1 ? s[mid] as number : ((s[mid - 1] as number) + (s[mid] as number)) / 2
+}
+
+interface Aggregate {
+  purchasesPerSecond: number
+  p50: number
+  p95: number
+  p99: number
+  max: number
+  byStatus: Record<string, number>
+  settled: { succeeded: number, rejected: number, unsettled: number }
+  checksPassed: boolean
+  runs: RunFigures[]
+}
+
+function aggregate (runs: RunFigures[]): Aggregate {
+  const byStatus: Record<string, number> = {}
+  const settled = { succeeded: 0, rejected: 0, unsettled: 0 }
+  for (const r of runs) {
+    for (const [k, v] of Object.entries(r.byStatus)) byStatus[k] = (byStatus[k] ?? 0) + v
+    settled.succeeded += r.settled.succeeded
+    settled.rejected += r.settled.rejected
+    settled.unsettled += r.settled.unsettled
+  }
+  return {
+    purchasesPerSecond: round(median(runs.map((r) => r.purchasesPerSecond)), 1),
+    p50: round(median(runs.map((r) => r.latencyMs.p50))),
+    p95: round(median(runs.map((r) => r.latencyMs.p95))),
+    p99: round(median(runs.map((r) => r.latencyMs.p99))),
+    max: round(median(runs.map((r) => r.latencyMs.max))),
+    byStatus,
+    settled,
+    checksPassed: runs.every((r) => r.failures.length === 0),
+    runs,
+  }
+}
+
+function log (line: string): void { process.stderr.write(`${line}\n`) }
+
+function emit (record: Record<string, unknown>): void {
+  const line = JSON.stringify(record)
+  process.stdout.write(`${line}\n`)
+  appendFileSync(resultsFile, `${line}\n`)
+}
+
+function describeRun (r: RunFigures): string {
+  const statuses = Object.entries(r.byStatus).map(([k, v]) => `${k}:${v}`).join(' ')
+  const checks = r.failures.length === 0 ? 'checks ok' : `CHECKS FAILED: ${r.failures.join(', ')}`
+  const cpu = r.cpuMsPerPurchase
+  return `  ${r.target.padEnd(9)} ${r.scenario.padEnd(8)} ${String(r.purchasesPerSecond).padStart(8)}/s  p50 ${r.latencyMs.p50} p99 ${r.latencyMs.p99} max ${r.latencyMs.max} ms  [${statuses}]  ` +
+    `cpu ms/purchase: ${Object.entries(cpu.byRole).map(([k, v]) => `${k} ${v}`).join(' ')} pg ${cpu.postgres} redis ${cpu.redis} loadgen ${cpu.loadGenerator}  ${checks}`
+}
+
+async function main (): Promise<void> {
+  mkdirSync(RESULTS_DIR, { recursive: true })
+  const began = Date.now()
+  const stack = new Stack({
+    adminDatabaseUrl: env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+    redisUrl: env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379',
+    apis: Number(env.BENCH_APIS ?? '1'),
+    workers: Number(env.BENCH_WORKERS ?? '1'),
+    profile,
+    env: parseEnvList(env.BENCH_API_ENV),
+  })
+  const workerEnv = parseEnvList(env.BENCH_WORKER_ENV)
+  let interrupted = false
+  const onSignal = (): void => {
+    if (interrupted) process.exit(130)
+    interrupted = true
+    log('interrupted: stopping every process and removing the bench databases…')
+    stack.killAllNow()
+    stack.close().catch(() => {}).finally(() => process.exit(130))
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+
+  const failures: string[] = []
+  const table: string[][] = []
+  try {
+    log(`bench: ${quick ? 'quick, ' : ''}${reps} repetition(s), scenarios ${selected.join(',')}; databases ${stack.oursDb}, ${stack.refDb}; prefix ${stack.prefix}`)
+    await stack.start()
+    if (Object.keys(workerEnv).length > 0) await stack.restartWorkers(workerEnv)
+    const ours: Target = {
+      name: 'ours',
+      urls: stack.apis.map((a) => a.url),
+      sql: stack.oursSql,
+      database: stack.oursDb,
+      pids: () => ({ api: stack.apis.map((p) => p.child.pid ?? 0), worker: stack.workers.map((p) => p.child.pid ?? 0) }),
+    }
+    const reference: Target = { name: 'reference', urls: [stack.reference?.url as string], sql: stack.refSql, database: stack.refDb, pids: () => ({ reference: [stack.reference?.child.pid ?? 0] }) }
+
+    // Warm-up (JIT, pools, connections), not reported.
+    const warm: Scenario = { ...(SCENARIOS.hot64 as Scenario), name: 'warmup', total: 3000, allocation: 1000 }
+    for (const t of [ours, reference]) await runScenario(t, warm)
+    log(`stack up and warm after ${round((Date.now() - began) / 1000, 1)} s`)
+
+    const comparative = selected.filter((s) => SCENARIOS[s] !== undefined)
+    const runs = new Map<string, { ours: RunFigures[], reference: RunFigures[] }>()
+    for (const s of comparative) runs.set(s, { ours: [], reference: [] })
+    for (let rep = 0; rep < reps; rep++) {
+      for (const s of comparative) {
+        // Alternate who goes first, so neither always gets the fresher machine.
+        const order = (rep + comparative.indexOf(s)) % 2 === 0 ? [ours, reference] : [reference, ours]
+        for (const t of order) {
+          const r = await runScenario(t, SCENARIOS[s] as Scenario)
+          runs.get(s)?.[t.name].push(r)
+          log(describeRun(r))
+        }
+      }
+    }
+
+    table.push(['scenario', 'ours /s', 'ref /s', 'ours/ref', 'ours p50/p95/p99/max ms', 'ref p50/p95/p99/max ms', 'ours statuses', 'ref statuses', 'checks'])
+    for (const s of comparative) {
+      const r = runs.get(s) as { ours: RunFigures[], reference: RunFigures[] }
+      const o = aggregate(r.ours)
+      const f = aggregate(r.reference)
+      const ratio = round(o.purchasesPerSecond / f.purchasesPerSecond, 2)
+      const p50Ratio = round(o.p50 / f.p50, 2)
+      const ok = o.checksPassed && f.checksPassed
+      if (!ok) failures.push(`${s}: ${[...r.ours, ...r.reference].flatMap((x) => x.failures.map((m) => `${x.target} ${m}`)).join('; ')}`)
+      const statuses = (a: Aggregate): string => Object.entries(a.byStatus).map(([k, v]) => `${k}:${v}`).join(' ') +
+        (a.settled.succeeded + a.settled.rejected + a.settled.unsettled > 0 ? ` (202→ ok ${a.settled.succeeded}, rej ${a.settled.rejected}, pending ${a.settled.unsettled})` : '')
+      table.push([s, String(o.purchasesPerSecond), String(f.purchasesPerSecond), `${ratio}×`,
+        `${o.p50}/${o.p95}/${o.p99}/${o.max}`, `${f.p50}/${f.p95}/${f.p99}/${f.max}`, statuses(o), statuses(f), ok ? 'pass' : 'FAIL'])
+      emit({
+        scenario: s,
+        description: (SCENARIOS[s] as Scenario).description,
+        repetitions: reps,
+        ratio,
+        p50Ratio,
+        p99Ratio: round(o.p99 / f.p99, 2),
+        ours: { ...o, runs: undefined },
+        reference: { ...f, runs: undefined },
+        runs: [...r.ours, ...r.reference],
+        checksPassed: ok,
+      })
+    }
+
+    if (selected.includes('batch_off')) {
+      const on = runs.get('hot256')?.ours ?? []
+      log('batching off: restarting the worker with WORKER_BATCH_SIZE=1')
+      await stack.restartWorkers({ ...workerEnv, WORKER_BATCH_SIZE: '1' })
+      const off: RunFigures[] = []
+      // Batching on measured again side by side when hot256 was not part of this run.
+      for (let rep = 0; rep < reps; rep++) {
+        const r = await runScenario(ours, SCENARIOS.hot256 as Scenario)
+        r.scenario = 'hot256-batch-off'
+        off.push(r)
+        log(describeRun(r))
+      }
+      await stack.restartWorkers(workerEnv)
+      if (on.length === 0) {
+        for (let rep = 0; rep < reps; rep++) {
+          const r = await runScenario(ours, SCENARIOS.hot256 as Scenario)
+          on.push(r)
+          log(describeRun(r))
+        }
+      }
+      const a = aggregate(on)
+      const b = aggregate(off)
+      const ratio = round(a.purchasesPerSecond / b.purchasesPerSecond, 2)
+      if (!b.checksPassed) failures.push(`batch_off: ${off.flatMap((x) => x.failures).join('; ')}`)
+      table.push(['hot256 batching on/off', String(a.purchasesPerSecond), String(b.purchasesPerSecond) + ' (off)', `${ratio}×`,
+        `${a.p50}/${a.p95}/${a.p99}/${a.max}`, `${b.p50}/${b.p95}/${b.p99}/${b.max} (off)`,
+        Object.entries(a.byStatus).map(([k, v]) => `${k}:${v}`).join(' '), Object.entries(b.byStatus).map(([k, v]) => `${k}:${v}`).join(' '),
+        b.checksPassed ? 'pass' : 'FAIL'])
+      emit({ scenario: 'batch_on_vs_off', description: 'ours, hot256, WORKER_BATCH_SIZE default vs 1', repetitions: reps, ratio, on: { ...a, runs: undefined }, off: { ...b, runs: undefined }, runs: off, checksPassed: b.checksPassed })
+    }
+
+    if (selected.includes('soak')) {
+      const scenario = soakScenario(soakSeconds)
+      const pids = [...stack.apis, ...stack.workers].map((p) => ({ name: p.name, pid: p.child.pid }))
+      const samples: Array<{ t: number, rss: Record<string, number | null> }> = []
+      const sample = (t: number): void => { samples.push({ t: Math.round(t / 1000), rss: Object.fromEntries(pids.map((p) => [p.name, rssMiB(p.pid)])) }) }
+      sample(0)
+      log(`soak: ${soakSeconds} s at concurrency 256, RSS ${JSON.stringify(samples[0]?.rss)}`)
+      const r = await runScenario(ours, scenario, (t) => { if (Math.round(t / 1000) % 10 === 0) sample(t) })
+      sample(Number(r.elapsedMs))
+      log(describeRun(r))
+      const first = samples[0] as { rss: Record<string, number | null> }
+      // V8 grows its heap to a working size in the first tens of seconds under
+      // load; "flat" means the second half adds < 15 % (a leak keeps climbing).
+      const mid = samples.find((s) => s.t >= soakSeconds / 2) ?? first
+      const last = samples[samples.length - 1] as { rss: Record<string, number | null> }
+      const flat = pids.every((p) => {
+        const a = mid.rss[p.name]
+        const b = last.rss[p.name]
+        return a != null && b != null && b <= a * 1.15
+      })
+      const ok = r.failures.length === 0 && flat
+      if (!ok) failures.push(`soak: ${[...r.failures, ...(flat ? [] : ['RSS not flat'])].join('; ')}`)
+      const rssText = pids.map((p) => `${p.name} ${first.rss[p.name]}→${mid.rss[p.name]}→${last.rss[p.name]} MiB`).join(', ')
+      table.push([`soak ${soakSeconds}s`, String(r.purchasesPerSecond), '', '', `${r.latencyMs.p50}/${r.latencyMs.p95}/${r.latencyMs.p99}/${r.latencyMs.max}`, '',
+        Object.entries(r.byStatus).map(([k, v]) => `${k}:${v}`).join(' '), `RSS start→middle→end: ${rssText}`, ok ? 'pass' : 'FAIL'])
+      emit({ scenario: 'soak', description: scenario.description, ours: r, rssMiB: samples, rssFlat: flat, checksPassed: ok })
+    }
+  } finally {
+    if (!interrupted) {
+      log('stopping the stack and removing the bench databases…')
+      await stack.close()
+    }
+  }
+
+  printTable(table)
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? '?'}, Node ${process.version}`
+  log(`\nmachine: ${machine}; wall time ${round((Date.now() - began) / 1000, 0)} s; results in ${path.relative(ROOT, resultsFile)}`)
+  if (profile) {
+    for (const dir of readdirSync(PROFILE_DIR).filter((d) => d.startsWith(stack.suffix))) {
+      // The main thread's profile is the biggest (the other is tsx's loader thread).
+      const files = readdirSync(path.join(PROFILE_DIR, dir)).filter((f) => f.endsWith('.cpuprofile'))
+        .map((f) => path.join(PROFILE_DIR, dir, f)).sort((a, b) => statSync(b).size - statSync(a).size)
+      if (files[0] !== undefined) log(summarizeProfiles([files[0]], 30).replace('== ', `== ${dir}: `))
+    }
+  }
+  if (failures.length > 0) {
+    log(`\nFAILED: ${failures.join('\n  ')}`)
+    process.exitCode = 1
+  }
+}
+
+function printTable (rows: string[][]): void {
+  if (rows.length === 0) return
+  const widths = (rows[0] as string[]).map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)))
+  const line = (r: string[]): string => `| ${r.map((cell, c) => cell.padEnd(widths[c] as number)).join(' | ')} |`
+  log('')
+  log(line(rows[0] as string[]))
+  log(`|${(widths).map((w) => '-'.repeat(w + 2)).join('|')}|`)
+  for (const r of rows.slice(1)) log(line(r))
+}
+
+main().catch((err: unknown) => {
+  log(`bench failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}`)
+  process.exitCode = 1
+})
