@@ -17,3 +17,9 @@ export const ServiceUnavailableError = createError<[string]>('SERVICE_UNAVAILABL
 
 /** Seconds a client should wait before retrying a 503. */
 export const RETRY_AFTER_SECONDS = 1
+/** The option's queue holds QUEUE_MAX_WAITING purchases already; nothing was added. Answered with Retry-After. */
+export const QueueFullError = createError('QUEUE_FULL', 'Too many purchases are waiting for this ticket option, try again shortly', 503)
+/** An Idempotency-Key sent again with a different request body (API.md); nothing was bought by this request. */
+export const IdempotencyKeyReusedError = createError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was already used with a different request body', 422)
+/** RATE_LIMIT_PURCHASES_PER_MINUTE exceeded by this client; answered with Retry-After. */
+export const RateLimitedError = createError<[string]>('RATE_LIMITED', 'Too many purchase requests, retry in %s', 429)

@@ -93,6 +93,11 @@ export class PurchaseQueues {
     await entry.queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })
   }
 
+  /** Jobs of the option waiting for their turn (BullMQ's waiting count: one round trip). */
+  async waitingCount (ticketOptionId: string): Promise<number> {
+    return await this.get(ticketOptionId).queue.getWaitingCount()
+  }
+
   /** Whether a purchase job is still waiting or being applied. */
   async jobState (ticketOptionId: string, purchaseId: string): Promise<JobState> {
     const state = await this.get(ticketOptionId).queue.getJobState(purchaseId)

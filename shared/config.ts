@@ -7,6 +7,7 @@
  */
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import { redactUrl } from './logger'
 
 const Port = (def: string) => Type.String({ pattern: '^[0-9]{1,5}$', default: def })
 const Int = (def: string) => Type.String({ pattern: '^[0-9]{1,10}$', default: def })
@@ -47,6 +48,16 @@ export const EnvSchema = Type.Object({
   DASHBOARD_USER: Type.Optional(Type.String({ pattern: '^[^:]{1,200}$' })),
   /** Checked in dashboardCredentials, never echoed in an error message. */
   DASHBOARD_PASSWORD: Type.Optional(Type.String()),
+  /** How long an Idempotency-Key is remembered (hours); an expired key counts as new. */
+  IDEMPOTENCY_KEY_TTL_HOURS: Int('24'),
+  /** Most purchases that may wait in one option's queue; beyond it the API answers 503 QUEUE_FULL. */
+  QUEUE_MAX_WAITING: Int('10000'),
+  /** Largest request body the API reads (bytes); a larger one is a 413. */
+  BODY_LIMIT_BYTES: Int('16384'),
+  /** Longest a request may take to arrive and be answered (ms); must exceed PURCHASE_WAIT_MS. Default: PURCHASE_WAIT_MS + 10000. */
+  REQUEST_TIMEOUT_MS: Type.Optional(Type.String({ pattern: '^[0-9]{1,10}$' })),
+  /** Purchase requests per client IP and minute, per API process; 0 turns the limit off. */
+  RATE_LIMIT_PURCHASES_PER_MINUTE: Int('0'),
 })
 export type Env = Static<typeof EnvSchema>
 
@@ -67,6 +78,13 @@ export interface Config {
   readonly workerHealthPort: number
   /** Basic-auth credentials of the queue dashboard; null keeps it closed. */
   readonly dashboard: DashboardCredentials | null
+  readonly idempotencyKeyTtlHours: number
+  readonly queueMaxWaiting: number
+  readonly bodyLimitBytes: number
+  /** Fastify requestTimeout and connectionTimeout; always longer than purchaseWaitMs */
+  readonly requestTimeoutMs: number
+  /** 0 = off */
+  readonly rateLimitPurchasesPerMinute: number
 }
 
 export interface DashboardCredentials {
@@ -101,6 +119,30 @@ function dashboardCredentials (env: Env): DashboardCredentials | null {
   return Object.freeze({ user, password })
 }
 
+/** Margin between the purchase wait and the request timeout: the fallback read of PostgreSQL after a wait. */
+export const REQUEST_TIMEOUT_MARGIN_MS = 1000
+
+/**
+ * A request that outlives REQUEST_TIMEOUT_MS is cut off, so it must leave a
+ * purchase its whole wait plus the fallback read; unset, it follows PURCHASE_WAIT_MS.
+ */
+function requestTimeout (env: Env): number {
+  const waitMs = intIn(env, 'PURCHASE_WAIT_MS', 0, 600_000)
+  if (env.REQUEST_TIMEOUT_MS === undefined) return waitMs + 10_000
+  const timeoutMs = intIn(env, 'REQUEST_TIMEOUT_MS', 1000, 3_600_000)
+  if (timeoutMs < waitMs + REQUEST_TIMEOUT_MARGIN_MS) {
+    throw new ConfigError(`REQUEST_TIMEOUT_MS must be at least PURCHASE_WAIT_MS + ${REQUEST_TIMEOUT_MARGIN_MS} (${waitMs + REQUEST_TIMEOUT_MARGIN_MS}), got ${timeoutMs}`)
+  }
+  return timeoutMs
+}
+
+/** A bad value as an error message shows it: never a password (stderr ends up in log collectors). */
+function shownValue (name: string, raw: string | undefined): string {
+  if (raw === undefined) return 'undefined'
+  if (name === 'DASHBOARD_PASSWORD') return '(hidden)'
+  return JSON.stringify(name.endsWith('_URL') ? redactUrl(raw) : raw)
+}
+
 /** Reads and validates the environment; throws a ConfigError naming the first bad variable. */
 export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
   const known: Record<string, string> = {}
@@ -113,7 +155,7 @@ export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
   const firstError = Value.Errors(EnvSchema, env).First()
   if (firstError !== undefined) {
     const name = firstError.path.replace(/^\//, '')
-    throw new ConfigError(`${name} is invalid (${firstError.message}): ${JSON.stringify(source[name])}`)
+    throw new ConfigError(`${name} is invalid (${firstError.message}): ${shownValue(name, source[name])}`)
   }
   return Object.freeze({
     port: intIn(env, 'PORT', 0, 65535),
@@ -131,6 +173,11 @@ export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
     workerDbRetryMs: intIn(env, 'WORKER_DB_RETRY_MS', 0, 3_600_000),
     workerHealthPort: intIn(env, 'WORKER_HEALTH_PORT', 0, 65535),
     dashboard: dashboardCredentials(env),
+    idempotencyKeyTtlHours: intIn(env, 'IDEMPOTENCY_KEY_TTL_HOURS', 1, 24 * 365),
+    queueMaxWaiting: intIn(env, 'QUEUE_MAX_WAITING', 1, 100_000_000),
+    bodyLimitBytes: intIn(env, 'BODY_LIMIT_BYTES', 1024, 10 * 1024 * 1024),
+    requestTimeoutMs: requestTimeout(env),
+    rateLimitPurchasesPerMinute: intIn(env, 'RATE_LIMIT_PURCHASES_PER_MINUTE', 0, 1_000_000),
   } satisfies Config)
 }
 

@@ -12,6 +12,8 @@ import { createPool, type Db } from '../../shared/db'
 import { createProducerConnection, createWorkerConnection, waitUntilReady } from '../../shared/redis'
 import { OutcomeWaiter } from '../outcome-waiter'
 import { PurchaseQueues } from '../purchase-queues'
+import { QueueBackpressure } from '../queue-backpressure'
+import { QUEUE_DEPTH_SCANNED, QUEUE_DEPTH_TIMEOUT_MS, QUEUE_DEPTH_TOP, QueueDepths } from '../queue-depths'
 import { KnownOptions, PurchaseService } from '../purchase-service'
 
 declare module 'fastify' {
@@ -32,13 +34,21 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
   // Fastify's logger is a pino logger; its declared type is a narrower interface.
   const log = app.log as unknown as Logger
   const db = createPool(config.databaseUrl, config.databasePoolSize, log)
-  const redis = createProducerConnection(config.redisUrl, log, 'api')
+  const redis = createProducerConnection(config.redisUrl, log, `${config.queuePrefix}-api`)
   // Subscribers wait out outages and re-subscribe by themselves.
-  const subscriber = createWorkerConnection(config.redisUrl, log, 'api-outcomes')
+  const subscriber = createWorkerConnection(config.redisUrl, log, `${config.queuePrefix}-api-outcomes`)
   const waiter = new OutcomeWaiter(subscriber, config.queuePrefix, log)
   const queues = new PurchaseQueues(redis, config.queuePrefix, log)
   const knownOptions = new KnownOptions()
-  const purchases = new PurchaseService({ db, queues, waiter, knownOptions, waitMs: config.purchaseWaitMs, log })
+  const backpressure = new QueueBackpressure({
+    waitingCount: async (ticketOptionId) => await queues.waitingCount(ticketOptionId),
+    maxWaiting: config.queueMaxWaiting,
+  })
+  const purchases = new PurchaseService({
+    db, queues, waiter, knownOptions, waitMs: config.purchaseWaitMs, log, observer: app.metrics,
+    idempotencyKeyTtlHours: config.idempotencyKeyTtlHours, backpressure,
+  })
+  app.metrics.watchQueueDepths(new QueueDepths({ redis, prefix: config.queuePrefix, scanned: QUEUE_DEPTH_SCANNED, top: QUEUE_DEPTH_TOP, timeoutMs: QUEUE_DEPTH_TIMEOUT_MS }), log)
 
   app.decorate('db', db)
   app.decorate('redis', redis)
@@ -57,4 +67,4 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
   await waiter.start()
 }
 
-export default fp(purchasingPlugin, { name: 'purchasing' })
+export default fp(purchasingPlugin, { name: 'purchasing', dependencies: ['metrics'] })

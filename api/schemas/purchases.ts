@@ -7,6 +7,16 @@ export const CreatePurchaseSchema = Type.Object({
 }, { additionalProperties: false })
 export type CreatePurchase = Static<typeof CreatePurchaseSchema>
 
+/** Optional `Idempotency-Key` (API.md): 1 to 255 printable ASCII characters. */
+export const PurchaseHeadersSchema = Type.Object({
+  'idempotency-key': Type.Optional(Type.String({
+    minLength: 1,
+    maxLength: 255,
+    pattern: '^[\\x20-\\x7E]+$',
+    description: 'a retry with the same key, option and user returns the first attempt\'s outcome and never buys twice (kept IDEMPOTENCY_KEY_TTL_HOURS, 24 h by default)',
+  })),
+})
+
 export const PurchaseParamsSchema = Type.Object({
   id: UuidSchema,
 })

@@ -1,0 +1,171 @@
+/**
+ * Backpressure and dependency outages (API.md "Outcomes", 503): a full option
+ * queue, Redis down, PostgreSQL down or silent. Every 503 carries Retry-After
+ * and buys nothing; reads that need only PostgreSQL keep working without Redis.
+ */
+import net from 'node:net'
+import { Queue } from 'bullmq'
+import t from 'tap'
+import type { FastifyInstance } from 'fastify'
+import { Redis } from 'ioredis'
+import pino from 'pino'
+import { PurchaseQueues } from '../../api/purchase-queues'
+import { PurchaseService } from '../../api/purchase-service'
+import { COUNT_MAX_AGE_MS } from '../../api/queue-backpressure'
+import { purchaseQueueName } from '../../shared/queue-names'
+import { buildTestApp, configWith, createOption, setUp, startTestWorker } from '../support/app'
+import { createTestEnvironment, type Teardown } from '../support/environment'
+import { freePort, startThrowawayRedis } from '../support/throwaway-redis'
+
+const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
+const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
+
+async function buy (app: FastifyInstance, optionId: string, key?: string) {
+  const started = Date.now()
+  const res = await app.inject({
+    method: 'POST',
+    url: `/ticket_options/${optionId}/purchases`,
+    headers: key === undefined ? {} : { 'idempotency-key': key },
+    payload: { quantity: 1, user_id: USER },
+  })
+  return Object.assign(res, { tookMs: Date.now() - started })
+}
+
+async function waitingJobs (redis: Redis, prefix: string, optionId: string): Promise<number> {
+  const queue = new Queue(purchaseQueueName(optionId), { connection: redis, prefix })
+  try {
+    return await queue.getWaitingCount()
+  } finally {
+    await queue.close()
+  }
+}
+
+t.test('a full option queue answers 503 QUEUE_FULL at once and adds nothing', async (t) => {
+  const { app, config, sql, redis, prefix } = await setUp(t, { worker: false, env: { QUEUE_MAX_WAITING: '5', PURCHASE_WAIT_MS: '100' } })
+  const id = await createOption(app, 100)
+  const other = await createOption(app, 100)
+
+  const answers = await Promise.all(Array.from({ length: 20 }, async () => await buy(app, id)))
+  const statuses = answers.map((a) => a.statusCode).sort()
+  t.same(statuses, [...Array(5).fill(202), ...Array(15).fill(503)], 'exactly the cap is queued, even when all arrive at once')
+  const full = answers.find((a) => a.statusCode === 503)
+  t.same(full?.json(), { statusCode: 503, error: 'Service Unavailable', message: 'Too many purchases are waiting for this ticket option, try again shortly', code: 'QUEUE_FULL' })
+  t.equal(full?.headers['retry-after'], '1')
+  t.equal(await waitingJobs(redis, prefix, id), 5, 'nothing was added beyond the cap')
+
+  const late = await buy(app, id)
+  t.equal(late.statusCode, 503)
+  t.ok(late.tookMs < 100, `answered in ${late.tookMs} ms`)
+  const keyed = await buy(app, id, 'while-full')
+  t.equal(keyed.statusCode, 503, 'a keyed request too')
+  const keys = await sql.query("select 1 from idempotency_keys where key = 'while-full'")
+  t.equal(keys.rowCount, 0, 'and its key is not taken')
+  t.equal((await buy(app, other)).statusCode, 202, 'other options are not affected')
+
+  await startTestWorker(t, config)
+  let answer
+  for (let i = 0; i < 100; i++) {
+    await sleep(COUNT_MAX_AGE_MS)
+    answer = await buy(app, id)
+    if (answer.statusCode !== 503) break
+  }
+  t.equal(answer?.statusCode, 201, 'the queue drained and takes purchases again')
+  const { rows } = await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and status = 'succeeded'", [id])
+  t.equal(rows[0].n, 6, 'the 5 queued and the last one; none of the refused')
+})
+
+t.test('Redis down: purchases answer 503 within a second, reads and creates still work', async (t) => {
+  const redisServer = await startThrowawayRedis(t, { appendonly: false })
+  const { app, sql, prefix } = await setUp(t, { env: { REDIS_URL: redisServer.url, PURCHASE_WAIT_MS: '2000' } })
+  const id = await createOption(app, 10)
+  t.equal((await buy(app, id)).statusCode, 201)
+
+  await redisServer.stop('SIGKILL')
+  const down = await buy(app, id)
+  t.equal(down.statusCode, 503)
+  t.ok(down.tookMs < 1000, `answered in ${down.tookMs} ms`)
+  t.match(down.json(), { statusCode: 503, error: 'Service Unavailable', code: 'SERVICE_UNAVAILABLE' })
+  t.equal(down.headers['retry-after'], '1')
+
+  const keyed = await buy(app, id, 'during-outage')
+  t.equal(keyed.statusCode, 503)
+  t.ok(keyed.tookMs < 1000, `keyed answered in ${keyed.tookMs} ms`)
+  const keys = await sql.query("select 1 from idempotency_keys where key = 'during-outage'")
+  t.equal(keys.rowCount, 0, 'the key is let go so that a retry can try again')
+
+  // The same with the queue cap out of the way (the app's cap reads Redis first and fails
+  // before the key is claimed): the key is claimed, the add fails, the purchase is voided
+  // and the key let go. Driven on a service of the app's own pool, waiter and Redis connection.
+  const queues = new PurchaseQueues(app.redis, prefix, pino({ level: 'silent' }))
+  t.teardown(async () => { await queues.close() })
+  const uncapped = new PurchaseService({
+    db: app.db, queues, waiter: app.outcomeWaiter, knownOptions: app.knownOptions, waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24,
+  })
+  const voidedCount = async (): Promise<number> => (await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and reason = 'not_queued'", [id])).rows[0].n
+  const voidedBefore = await voidedCount()
+  const started = Date.now()
+  await t.rejects(uncapped.purchase({ ticketOptionId: id, userId: USER, quantity: 1, requestId: 'test', idempotencyKey: 'enqueue-fails' }), { statusCode: 503, code: 'SERVICE_UNAVAILABLE' })
+  t.ok(Date.now() - started < 1000, `failed in ${Date.now() - started} ms`)
+  const released = await sql.query("select 1 from idempotency_keys where key = 'enqueue-fails'")
+  t.equal(released.rowCount, 0, 'the key whose enqueue failed is let go')
+  t.equal(await voidedCount(), voidedBefore + 1, 'and its purchase voided, so a job added for it meanwhile buys nothing')
+
+  const read = await app.inject({ method: 'GET', url: `/ticket_options/${id}` })
+  t.equal(read.statusCode, 200)
+  t.equal(read.json().allocation, 9)
+  const created = await app.inject({ method: 'POST', url: '/ticket_options', payload: { name: 'made without Redis', allocation: 1 } })
+  t.equal(created.statusCode, 201)
+
+  await redisServer.start()
+  let retried
+  for (let i = 0; i < 100; i++) {
+    retried = await buy(app, id, 'during-outage')
+    if (retried.statusCode === 201) break
+    await sleep(200)
+  }
+  t.equal(retried?.statusCode, 201, 'the retry with the key buys once Redis is back')
+  t.equal((await app.inject({ method: 'GET', url: `/ticket_options/${id}` })).json().allocation, 8)
+  t.equal((await buy(app, id, 'enqueue-fails')).statusCode, 201, 'and so does the one whose enqueue failed')
+  const bought = await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and status = 'succeeded'", [id])
+  t.equal(bought.rows[0].n, 3, 'the 503s bought nothing')
+})
+
+/** A TCP server that accepts connections and never says a word (a hung database). */
+async function silentServer (t: Teardown): Promise<number> {
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((socket) => { sockets.add(socket); socket.on('error', () => {}) })
+  await new Promise<void>((resolve) => { server.listen(0, '127.0.0.1', resolve) })
+  t.teardown(async () => {
+    for (const socket of sockets) socket.destroy()
+    await new Promise((resolve) => { server.close(resolve) })
+  })
+  return (server.address() as net.AddressInfo).port
+}
+
+t.test('PostgreSQL down: creates, reads and purchases answer 503 within about 2 s', async (t) => {
+  const environment = await createTestEnvironment(t)
+  const refused = `postgres://postgres@127.0.0.1:${await freePort()}/nothing`
+  const silent = `postgres://postgres@127.0.0.1:${await silentServer(t)}/nothing`
+  for (const [label, databaseUrl] of [['refused', refused], ['silent', silent]] as const) {
+    t.test(`connections ${label}`, async (t) => {
+      const app = await buildTestApp(t, configWith(environment, { DATABASE_URL: databaseUrl }))
+      const option = '00000000-0000-4000-8000-000000000001'
+      const requests = [
+        { method: 'POST' as const, url: '/ticket_options', payload: { name: 'a', allocation: 1 } },
+        { method: 'GET' as const, url: `/ticket_options/${option}` },
+        { method: 'POST' as const, url: `/ticket_options/${option}/purchases`, payload: { quantity: 1, user_id: USER }, headers: { 'idempotency-key': 'k' } },
+        { method: 'GET' as const, url: `/ticket_options/${option}/purchases/${option}` },
+      ]
+      // All at once: a silent server costs each request the pool's 2 s connection timeout.
+      await Promise.all(requests.map(async (request) => {
+        const started = Date.now()
+        const res = await app.inject(request)
+        const took = Date.now() - started
+        t.equal(res.statusCode, 503, `${request.method} ${request.url}`)
+        t.same(res.json(), { statusCode: 503, error: 'Service Unavailable', message: 'The database is unavailable, try again shortly', code: 'SERVICE_UNAVAILABLE' })
+        t.equal(res.headers['retry-after'], '1')
+        t.ok(took < 2500, `answered in ${took} ms`)
+      }))
+    })
+  }
+})
