@@ -11,6 +11,7 @@ import { createPool } from '../shared/db'
 import { createLogger } from '../shared/logger'
 import { createWorkerConnection } from '../shared/redis'
 import { startHealthServer, type HealthServer } from './health-server'
+import { startKeySweeper } from './idempotency-key-sweeper'
 import { WorkerMetrics } from './metrics'
 import { OptionQueues } from './option-queues'
 
@@ -38,10 +39,12 @@ export async function startWorker (config: Config, log: Logger): Promise<Running
   }
   const optionQueues = new OptionQueues({ config, db, connection, subscriber, log, metrics })
   await optionQueues.start()
+  const keySweeper = startKeySweeper(db, log)
   return {
     optionQueues,
     healthPort: health.port,
     async close () {
+      await keySweeper.stop()
       await optionQueues.close()
       subscriber.disconnect()
       await connection.quit().catch(() => { connection.disconnect() })
