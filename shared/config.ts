@@ -40,7 +40,7 @@ export const EnvSchema = Type.Object({
   WORKER_RESCAN_MS: Int('2000'),
   /** How long a worker keeps retrying a purchase while PostgreSQL is unreachable before handing it back to the queue (ms). */
   WORKER_DB_RETRY_MS: Int('30000'),
-  /** HTTP port of the worker's /health/live and /health/ready; 0 picks a free port (logged). */
+  /** HTTP port of the worker's /health/live, /health/ready and /metrics; 0 picks a free port (logged). */
   WORKER_HEALTH_PORT: Port('3001'),
   /** Whether `npm start` style logs are pretty-printed; by default only when stdout is a terminal. */
   LOG_PRETTY: Type.Optional(Bool('false')),

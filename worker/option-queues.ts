@@ -18,6 +18,7 @@ import type { Config } from '../shared/config'
 import type { Db } from '../shared/db'
 import { PURCHASE_JOB_NAME, purchaseQueueName, queueWakeupChannel } from '../shared/queue-names'
 import { listActiveOptions, releaseOption } from '../shared/queue-registry'
+import type { WorkerMetrics } from './metrics'
 import { createPurchaseProcessor, RecentOutcomes } from './purchase-processor'
 
 /**
@@ -47,6 +48,8 @@ export interface OptionQueuesDeps {
   /** dedicated connection in subscriber mode */
   subscriber: Redis
   log: Logger
+  /** batch timings and sizes for the worker's GET /metrics */
+  metrics?: WorkerMetrics
 }
 
 export class OptionQueues {
@@ -145,6 +148,7 @@ export class OptionQueues {
       log: queueLog,
       isClosing: () => this.closing,
       recent: this.recent,
+      metrics: this.deps.metrics,
     })
     const worker = new Worker(purchaseQueueName(ticketOptionId), processor, {
       connection,
@@ -159,7 +163,11 @@ export class OptionQueues {
     })
     const entry: RunningQueue = { worker, queue, lastActiveAt: Date.now() }
     worker.on('error', (err) => { queueLog.warn({ err }, 'worker error') })
-    worker.on('failed', (job, err) => { queueLog.error({ err, jobId: job?.id, attemptsMade: job?.attemptsMade }, 'purchase job failed') })
+    worker.on('failed', (job, err) => {
+      // reqId (from the job data, when it has one) ties the failure to the API's request log line.
+      const requestId: unknown = (job?.data as { requestId?: unknown } | undefined)?.requestId
+      queueLog.error({ err, jobId: job?.id, reqId: typeof requestId === 'string' ? requestId : undefined, attemptsMade: job?.attemptsMade }, 'purchase job failed')
+    })
     worker.on('completed', () => { entry.lastActiveAt = Date.now() })
     this.running.set(ticketOptionId, entry)
     // Set by the API too; repeated here so an option's queue is serial even if an older API enqueued into it.

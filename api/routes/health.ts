@@ -7,7 +7,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { checkReadiness, isReady, unavailableDependencies } from '../../shared/health-checks'
 import { ServiceUnavailableError } from '../errors'
-import { errorRef } from '../schemas/common'
+import { errorResponse, jsonResponse, retryAfterHeader } from '../schemas/responses'
 import { LivenessSchema, ReadinessSchema } from '../schemas/health'
 
 const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
@@ -19,7 +19,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['health'],
       summary: 'The process is up',
-      response: { 200: LivenessSchema },
+      response: { 200: jsonResponse('The process is up', LivenessSchema) },
     },
   }, async () => ({ status: 'ok' as const }))
 
@@ -28,7 +28,10 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['health'],
       summary: 'PostgreSQL and Redis answer; 503 with Retry-After otherwise',
-      response: { 200: ReadinessSchema, 503: errorRef },
+      response: {
+        200: jsonResponse('PostgreSQL and Redis answer', ReadinessSchema),
+        503: errorResponse('PostgreSQL or Redis does not answer (SERVICE_UNAVAILABLE)', retryAfterHeader),
+      },
     },
   }, async () => {
     const readiness = await checkReadiness(db, redis)

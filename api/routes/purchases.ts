@@ -5,10 +5,12 @@
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { PurchaseRecord } from '../../shared/purchases'
-import { PurchaseNotFoundError, TicketOptionNotFoundError } from '../errors'
-import { errorRef } from '../schemas/common'
+import { IdempotencyKeyReusedError, PurchaseNotFoundError, TicketOptionNotFoundError } from '../errors'
 import {
-  CreatePurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseParamsSchema,
+  badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, tooManyRequests, unsupportedMediaType,
+} from '../schemas/responses'
+import {
+  CreatePurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseHeadersSchema, PurchaseParamsSchema,
   PurchaseSchema, PurchaseStatusParamsSchema, PurchaseStatusSchema,
 } from '../schemas/purchases'
 
@@ -32,20 +34,25 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { purchases } = app
 
   app.post('/ticket_options/:id/purchases', {
+    // Limited per client IP when RATE_LIMIT_PURCHASES_PER_MINUTE is set (api/plugins/rate-limit.ts; inert otherwise).
+    config: { rateLimit: {} },
     schema: {
       tags: ['purchases'],
       summary: 'Buy tickets',
       params: PurchaseParamsSchema,
+      headers: PurchaseHeadersSchema,
       body: CreatePurchaseSchema,
       response: {
-        201: PurchaseSchema,
-        202: PendingPurchaseSchema,
-        400: errorRef,
-        404: errorRef,
-        409: NotEnoughTicketsSchema,
-        413: errorRef,
-        415: errorRef,
-        503: errorRef,
+        201: jsonResponse('The tickets are allocated and committed', PurchaseSchema, locationHeader('the purchase: /ticket_options/<id>/purchases/<purchase_id>')),
+        202: jsonResponse('Queued, but the outcome was not known within the wait limit: follow Location', PendingPurchaseSchema, locationHeader('the purchase, to read its outcome: /ticket_options/<id>/purchases/<purchase_id>')),
+        400: badRequest,
+        404: errorResponse('No such ticket option (TICKET_OPTION_NOT_FOUND); nothing was bought'),
+        409: jsonResponse('Fewer than `quantity` tickets remain (NOT_ENOUGH_TICKETS); nothing was bought', NotEnoughTicketsSchema),
+        413: payloadTooLarge,
+        415: unsupportedMediaType,
+        422: errorResponse('This Idempotency-Key was already used with a different body (IDEMPOTENCY_KEY_REUSED); nothing was bought'),
+        429: tooManyRequests,
+        503: serviceUnavailable,
       },
     },
   }, async (request, reply) => {
@@ -55,10 +62,13 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
       userId: request.body.user_id.toLowerCase(),
       quantity: request.body.quantity,
       requestId: String(request.id),
+      idempotencyKey: request.headers['idempotency-key'],
     })
     switch (result.kind) {
       case 'option_not_found':
         throw new TicketOptionNotFoundError(ticketOptionId)
+      case 'idempotency_key_reused':
+        throw new IdempotencyKeyReusedError()
       case 'pending':
         return await reply.code(202).header('location', purchaseLocation(ticketOptionId, result.purchaseId))
           .send({ id: result.purchaseId, status: 'pending' as const })
@@ -74,7 +84,12 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['purchases'],
       summary: "A purchase's outcome: pending, succeeded or rejected",
       params: PurchaseStatusParamsSchema,
-      response: { 200: PurchaseStatusSchema, 400: errorRef, 404: errorRef, 503: errorRef },
+      response: {
+        200: jsonResponse('The purchase and its status: pending, succeeded or rejected (with reason)', PurchaseStatusSchema),
+        400: badRequest,
+        404: errorResponse('No such ticket option or purchase (TICKET_OPTION_NOT_FOUND, PURCHASE_NOT_FOUND)'),
+        503: serviceUnavailable,
+      },
     },
   }, async (request) => {
     const ticketOptionId = request.params.id.toLowerCase()

@@ -3,7 +3,9 @@
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { createTicketOption, getTicketOption } from '../../shared/ticket-options'
-import { errorRef } from '../schemas/common'
+import {
+  badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, unsupportedMediaType,
+} from '../schemas/responses'
 import { CreateTicketOptionSchema, TicketOptionParamsSchema, TicketOptionSchema } from '../schemas/ticket-options'
 import { TicketOptionNotFoundError } from '../errors'
 
@@ -15,7 +17,13 @@ const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['ticket options'],
       summary: 'Create a ticket option',
       body: CreateTicketOptionSchema,
-      response: { 201: TicketOptionSchema, 400: errorRef, 413: errorRef, 415: errorRef, 503: errorRef },
+      response: {
+        201: jsonResponse('The option is created', TicketOptionSchema, locationHeader('/ticket_options/<id> of the new option')),
+        400: badRequest,
+        413: payloadTooLarge,
+        415: unsupportedMediaType,
+        503: serviceUnavailable,
+      },
     },
   }, async (request, reply) => {
     const { name, desc = '', allocation } = request.body
@@ -29,7 +37,12 @@ const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       tags: ['ticket options'],
       summary: 'Read a ticket option; allocation is the number of tickets still available',
       params: TicketOptionParamsSchema,
-      response: { 200: TicketOptionSchema, 400: errorRef, 404: errorRef, 503: errorRef },
+      response: {
+        200: jsonResponse('The option, with the number of tickets still available', TicketOptionSchema),
+        400: badRequest,
+        404: errorResponse('No such ticket option (TICKET_OPTION_NOT_FOUND)'),
+        503: serviceUnavailable,
+      },
     },
   }, async (request) => {
     const id = request.params.id.toLowerCase()

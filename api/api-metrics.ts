@@ -1,0 +1,121 @@
+/**
+ * The API's Prometheus metrics. One Registry per app, not prom-client's
+ * global one, so tests that build several apps in one process do not collide.
+ * Request and purchase instruments are updated in memory as answers go out;
+ * the only Redis read (queue depths) happens on scrape, with a time limit.
+ * Keep in sync with README.md "Metrics".
+ * @see https://github.com/siimon/prom-client
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { Logger } from 'pino'
+import type { PurchaseObserver } from './purchase-service'
+import { QUEUE_STATES, type QueueDepths } from './queue-depths'
+
+/** The route label of requests that matched no route: one label, whatever the URL, so labels stay bounded. */
+export const UNMATCHED_ROUTE = 'unmatched'
+
+/** Seconds; most answers take a few ms, a purchase up to PURCHASE_WAIT_MS (5 s by default). */
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+export type PurchaseOutcome = 'succeeded' | 'rejected' | 'pending'
+
+export class ApiMetrics implements PurchaseObserver {
+  readonly registry = new Registry()
+
+  readonly httpRequestDuration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'Time from receiving a request to sending its answer, by route pattern and status code',
+    labelNames: ['method', 'route', 'status_code'] as const,
+    buckets: DURATION_BUCKETS,
+    registers: [this.registry],
+  })
+
+  readonly purchases = new Counter({
+    name: 'purchases_total',
+    help: 'Purchases answered after reaching a queue, by outcome: succeeded (201), rejected (409), pending (202)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  })
+
+  readonly purchaseOutcomeWait = new Histogram({
+    name: 'purchase_outcome_wait_seconds',
+    help: 'Time from enqueueing a purchase to knowing its outcome, as the API sees it (202 answers are not observed; see purchases_total{outcome="pending"})',
+    buckets: DURATION_BUCKETS,
+    registers: [this.registry],
+  })
+
+  readonly queueJobs = new Gauge({
+    name: 'purchase_queue_jobs',
+    help: 'Jobs in the deepest option queues of the registry of active options, by state (read on scrape)',
+    labelNames: ['ticket_option_id', 'state'] as const,
+    registers: [this.registry],
+  })
+
+  readonly queueJobsScanned = new Gauge({
+    name: 'purchase_queue_jobs_scanned',
+    help: 'Jobs summed over the most recently used option queues read on scrape, by state',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  })
+
+  readonly queueOptionsRegistered = new Gauge({
+    name: 'purchase_queue_options_registered',
+    help: 'Options in the registry of active options',
+    registers: [this.registry],
+  })
+
+  readonly queueDepthUp = new Gauge({
+    name: 'purchase_queue_depth_up',
+    help: '1 when the last scrape read the queue depths from Redis in time, 0 when it failed (the depth series are then left out)',
+    registers: [this.registry],
+  })
+
+  private queueDepths: QueueDepths | undefined
+  private log: Logger | undefined
+
+  constructor () {
+    collectDefaultMetrics({ register: this.registry })
+  }
+
+  /** Starts reporting queue depths, read from Redis on each scrape. */
+  watchQueueDepths (queueDepths: QueueDepths, log: Logger): void {
+    this.queueDepths = queueDepths
+    this.log = log
+  }
+
+  /** One answered request; `route` is the route pattern, or null when none matched. */
+  requestAnswered (method: string, route: string | null, statusCode: number, seconds: number): void {
+    this.httpRequestDuration.observe({ method, route: route ?? UNMATCHED_ROUTE, status_code: statusCode }, seconds)
+  }
+
+  /** PurchaseObserver: a purchase that reached a queue was answered. */
+  purchaseAnswered (outcome: PurchaseOutcome, enqueuedAt: number): void {
+    this.purchases.inc({ outcome })
+    if (outcome !== 'pending') this.purchaseOutcomeWait.observe(Math.max(0, Date.now() - enqueuedAt) / 1000)
+  }
+
+  private async readQueueDepths (): Promise<void> {
+    if (this.queueDepths === undefined) return
+    // Options that left the top N must not linger as stale series.
+    this.queueJobs.reset()
+    this.queueJobsScanned.reset()
+    try {
+      const snapshot = await this.queueDepths.read()
+      this.queueOptionsRegistered.set(snapshot.registered)
+      for (const depth of snapshot.deepest) {
+        for (const state of QUEUE_STATES) this.queueJobs.set({ ticket_option_id: depth.ticketOptionId, state }, depth[state])
+      }
+      for (const state of QUEUE_STATES) this.queueJobsScanned.set({ state }, snapshot.total[state])
+      this.queueDepthUp.set(1)
+    } catch (err) {
+      this.log?.warn({ err }, 'could not read queue depths for /metrics')
+      this.queueDepthUp.set(0)
+    }
+  }
+
+  /** The Prometheus text exposition and its content type. */
+  async exposition (): Promise<{ contentType: string, body: string }> {
+    await this.readQueueDepths()
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() }
+  }
+}

@@ -1,0 +1,169 @@
+import net from 'node:net'
+import { Queue } from 'bullmq'
+import { Redis } from 'ioredis'
+import pino from 'pino'
+import t from 'tap'
+import type { FastifyInstance } from 'fastify'
+import { ApiMetrics } from '../../api/api-metrics'
+import { QueueDepths } from '../../api/queue-depths'
+import { purchaseQueueName } from '../../shared/queue-names'
+import { createOption, setUp } from '../support/app'
+import type { Teardown } from '../support/environment'
+
+const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
+const PURCHASE_ROUTE = '/ticket_options/:id/purchases'
+
+/** The value of the one sample of `name` whose labels include `labels`; undefined when none. */
+function sample (text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  const matching = samples(text, name).filter((s) => Object.entries(labels).every(([k, v]) => s.labels[k] === v))
+  if (matching.length > 1) throw new Error(`${matching.length} samples of ${name} match ${JSON.stringify(labels)}`)
+  return matching[0]?.value
+}
+
+function samples (text: string, name: string): Array<{ labels: Record<string, string>, value: number }> {
+  const found = []
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line)
+    if (m === null || m[1] !== name) continue
+    const labels: Record<string, string> = {}
+    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1] as string] = l[2] as string
+    found.push({ labels, value: Number(m[3]) })
+  }
+  return found
+}
+
+async function scrape (app: FastifyInstance): Promise<string> {
+  const res = await app.inject({ method: 'GET', url: '/metrics' })
+  if (res.statusCode !== 200) throw new Error(`/metrics answered ${res.statusCode}: ${res.body}`)
+  return res.body
+}
+
+async function buy (app: FastifyInstance, optionId: string, quantity = 1): Promise<number> {
+  const res = await app.inject({ method: 'POST', url: `/ticket_options/${optionId}/purchases`, payload: { quantity, user_id: USER } })
+  return res.statusCode
+}
+
+t.test('API metrics move with traffic; the worker serves its own', async (t) => {
+  const { app, worker } = await setUp(t)
+  const optionId = await createOption(app, 3)
+
+  const res = await app.inject({ method: 'GET', url: '/metrics' })
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-type'], /^text\/plain; version=0\.0\.4/)
+  const before = res.body
+  t.ok(sample(before, 'process_cpu_user_seconds_total') !== undefined, 'process default metrics')
+  t.ok(sample(before, 'nodejs_eventloop_lag_seconds') !== undefined, 'event loop lag')
+
+  const statuses = []
+  for (let i = 0; i < 5; i++) statuses.push(await buy(app, optionId))
+  t.same(statuses, [201, 201, 201, 409, 409])
+  t.equal(await buy(app, optionId, 0), 400)
+  t.equal((await app.inject({ method: 'GET', url: '/no/such/route/1' })).statusCode, 404)
+  t.equal((await app.inject({ method: 'GET', url: '/no/such/route/2' })).statusCode, 404)
+
+  const after = await scrape(app)
+  const moved = (name: string, labels: Record<string, string>): number => (sample(after, name, labels) ?? 0) - (sample(before, name, labels) ?? 0)
+  t.equal(moved('purchases_total', { outcome: 'succeeded' }), 3)
+  t.equal(moved('purchases_total', { outcome: 'rejected' }), 2)
+  t.equal(moved('purchases_total', { outcome: 'pending' }), 0)
+  t.equal(moved('purchase_outcome_wait_seconds_count', {}), 5, 'one enqueue-to-outcome time per purchase')
+  const route = { method: 'POST', route: PURCHASE_ROUTE }
+  t.equal(moved('http_request_duration_seconds_count', { ...route, status_code: '201' }), 3)
+  t.equal(moved('http_request_duration_seconds_count', { ...route, status_code: '409' }), 2)
+  t.equal(moved('http_request_duration_seconds_count', { ...route, status_code: '400' }), 1, 'a refused body is counted under its route')
+  t.equal(moved('http_request_duration_seconds_count', { method: 'GET', route: 'unmatched', status_code: '404' }), 2, 'unknown URLs share one label')
+  t.notOk(after.includes('/no/such/route'), 'raw URLs never become labels')
+  t.notOk(after.includes(`route="/ticket_options/${optionId}`), 'ids never become route labels')
+
+  t.equal(sample(after, 'purchase_queue_depth_up'), 1)
+  t.equal(sample(after, 'purchase_queue_options_registered'), 1)
+  for (const state of ['waiting', 'active', 'delayed']) {
+    t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: optionId, state }), 0, `the option's queue has no ${state} job left`)
+  }
+
+  const scraped = await fetch(`http://127.0.0.1:${worker?.healthPort ?? 0}/metrics`)
+  t.equal(scraped.status, 200)
+  t.match(scraped.headers.get('content-type'), /^text\/plain; version=0\.0\.4/)
+  const workerText = await scraped.text()
+  const batches = sample(workerText, 'worker_purchase_batch_apply_seconds_count') ?? 0
+  t.ok(batches >= 1 && batches <= 5, `batch transactions were timed (${batches})`)
+  t.equal(sample(workerText, 'worker_purchase_batch_size_count'), batches, 'one batch size per transaction')
+  t.equal(sample(workerText, 'worker_purchase_batch_size_sum'), 5, 'every purchase was in a batch')
+  t.equal(sample(workerText, 'worker_purchases_applied_total', { status: 'succeeded' }), 3)
+  t.equal(sample(workerText, 'worker_purchases_applied_total', { status: 'rejected' }), 2)
+  t.ok(sample(workerText, 'process_resident_memory_bytes') !== undefined, 'worker default metrics')
+})
+
+t.test('queue depths: the deepest option queues, bounded, as BullMQ counts them', async (t) => {
+  // No worker: purchases stay queued and the API answers 202 after a short wait.
+  const { app, redis, prefix } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200' } })
+  const options = await Promise.all(Array.from({ length: 12 }, async (_, i) => await createOption(app, 10, `option ${i}`)))
+  const deepest = options[0] as string
+  const before = await scrape(app)
+  const answers = await Promise.all([
+    ...options.map(async (id) => await buy(app, id)),
+    buy(app, deepest), buy(app, deepest),
+  ])
+  t.same(answers, answers.map(() => 202))
+
+  const after = await scrape(app)
+  t.equal((sample(after, 'purchases_total', { outcome: 'pending' }) ?? 0) - (sample(before, 'purchases_total', { outcome: 'pending' }) ?? 0), 14)
+  t.equal(sample(after, 'purchase_outcome_wait_seconds_count') ?? 0, 0, 'a 202 has no outcome time')
+  t.equal(sample(after, 'purchase_queue_options_registered'), 12)
+  const labelled = new Set(samples(after, 'purchase_queue_jobs').map((s) => s.labels.ticket_option_id))
+  t.equal(labelled.size, 10, 'only the top 10 queues get series of their own')
+  t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: deepest, state: 'waiting' }), 3, 'the deepest queue is among them')
+  t.equal(sample(after, 'purchase_queue_jobs_scanned', { state: 'waiting' }), 14, 'the sum covers every queue read')
+
+  const queue = new Queue(purchaseQueueName(deepest), { connection: redis, prefix })
+  t.teardown(async () => { await queue.close() })
+  const counts = await queue.getJobCounts('wait', 'prioritized', 'active', 'delayed')
+  t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: deepest, state: 'waiting' }), (counts.wait ?? 0) + (counts.prioritized ?? 0), 'agrees with getJobCounts')
+  t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: deepest, state: 'active' }), counts.active)
+})
+
+/** A TCP server that accepts connections and never answers: a hung Redis. */
+async function startSilentServer (t: Teardown): Promise<number> {
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((socket) => { sockets.add(socket); socket.on('error', () => {}) })
+  await new Promise<void>((resolve) => { server.listen(0, '127.0.0.1', resolve) })
+  t.teardown(async () => {
+    for (const socket of sockets) socket.destroy()
+    await new Promise((resolve) => { server.close(resolve) })
+  })
+  return (server.address() as net.AddressInfo).port
+}
+
+t.test('a Redis that does not answer makes a scrape report depth down, not hang', async (t) => {
+  const port = await startSilentServer(t)
+  // Its ready check never gets an answer, so commands wait in the offline queue for good.
+  const redis = new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: null })
+  t.teardown(() => { redis.disconnect() })
+  const metrics = new ApiMetrics()
+  const lines: string[] = []
+  const log = pino({ level: 'warn' }, { write: (line: string) => { lines.push(line) } })
+  metrics.watchQueueDepths(new QueueDepths({ redis, prefix: 'test-hung', scanned: 10, top: 5, timeoutMs: 300 }), log)
+  metrics.purchaseAnswered('succeeded', Date.now() - 10)
+
+  const started = Date.now()
+  const { body } = await metrics.exposition()
+  const ms = Date.now() - started
+  t.ok(ms < 1000, `answered in ${ms} ms`)
+  t.equal(sample(body, 'purchase_queue_depth_up'), 0)
+  t.same(samples(body, 'purchase_queue_jobs'), [], 'no depth series while unknown')
+  t.equal(sample(body, 'purchases_total', { outcome: 'succeeded' }), 1, 'the other metrics are still served')
+  t.match(lines.join(''), /could not read queue depths/)
+})
+
+t.test('a Redis connection that refuses commands makes depth down at once', async (t) => {
+  const port = await startSilentServer(t)
+  // The API's kind of connection: no offline queue, so commands fail while it is not ready.
+  const redis = new Redis({ host: '127.0.0.1', port, enableOfflineQueue: false, lazyConnect: true })
+  t.teardown(() => { redis.disconnect() })
+  const metrics = new ApiMetrics()
+  metrics.watchQueueDepths(new QueueDepths({ redis, prefix: 'test-refused', scanned: 10, top: 5, timeoutMs: 5000 }), pino({ level: 'silent' }))
+  const started = Date.now()
+  const { body } = await metrics.exposition()
+  t.ok(Date.now() - started < 1000, 'did not wait for the time limit')
+  t.equal(sample(body, 'purchase_queue_depth_up'), 0)
+})

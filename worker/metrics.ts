@@ -1,0 +1,64 @@
+/**
+ * The worker's Prometheus metrics, served at GET /metrics on its small HTTP
+ * server (worker/health-server.ts, WORKER_HEALTH_PORT). One Registry per
+ * worker, not prom-client's global one, so tests that start several workers
+ * in one process do not collide. Instruments are updated in memory only: no
+ * Redis or PostgreSQL call is made for metrics.
+ * Keep in sync with README.md "Metrics".
+ * @see https://github.com/siimon/prom-client
+ */
+import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client'
+
+/** Seconds; a batch transaction takes a few ms, a slow one under load some hundreds. */
+const APPLY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+/** Purchases per batch, up to the largest WORKER_BATCH_SIZE people use. */
+const BATCH_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+
+export class WorkerMetrics {
+  readonly registry = new Registry()
+
+  /** The transaction that applies one batch (lock the option, write purchases and tickets, commit). */
+  readonly batchApplySeconds = new Histogram({
+    name: 'worker_purchase_batch_apply_seconds',
+    help: 'Duration of the PostgreSQL transaction that applies one batch of purchases (committed batches only)',
+    buckets: APPLY_BUCKETS,
+    registers: [this.registry],
+  })
+
+  readonly batchSize = new Histogram({
+    name: 'worker_purchase_batch_size',
+    help: 'Purchases applied in one transaction',
+    buckets: BATCH_BUCKETS,
+    registers: [this.registry],
+  })
+
+  /** Outcomes decided in those transactions (a redelivered job reports its recorded outcome again). */
+  readonly purchasesApplied = new Counter({
+    name: 'worker_purchases_applied_total',
+    help: 'Purchase outcomes returned by batch transactions, by status',
+    labelNames: ['status'] as const,
+    registers: [this.registry],
+  })
+
+  readonly batchFailures = new Counter({
+    name: 'worker_purchase_batch_failures_total',
+    help: 'Batch transactions that failed (each retry counts)',
+    registers: [this.registry],
+  })
+
+  constructor () {
+    collectDefaultMetrics({ register: this.registry })
+  }
+
+  /** Records one committed batch: its duration (seconds) and its outcomes. */
+  batchApplied (seconds: number, statuses: ReadonlyArray<{ status: string }>): void {
+    this.batchApplySeconds.observe(seconds)
+    this.batchSize.observe(statuses.length)
+    for (const { status } of statuses) this.purchasesApplied.inc({ status })
+  }
+
+  /** The Prometheus text exposition and its content type. */
+  async exposition (): Promise<{ contentType: string, body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() }
+  }
+}
