@@ -18,7 +18,6 @@
  * @see https://github.com/felixmosh/bull-board
  */
 import { createBullBoard } from '@bull-board/api'
-import type { IServerAdapter } from '@bull-board/api/typings/app'
 import { FastifyAdapter } from '@bull-board/fastify'
 import type { FastifyInstance, FastifySchema } from 'fastify'
 import fp from 'fastify-plugin'
@@ -46,11 +45,9 @@ async function dashboardPlugin (app: FastifyInstance, { config }: DashboardOptio
   const credentials = config.dashboard
   if (credentials === null) return
 
-  // @bull-board/fastify pins its own copy of @bull-board/api (9.10.1 beside our 9.10.2): the
-  // types differ by a private field only, and the adapter needs nothing from that copy at run time.
   const serverAdapter = new FastifyAdapter()
   serverAdapter.setBasePath(DASHBOARD_PATH)
-  const board = createBullBoard({ queues: [], serverAdapter: serverAdapter as unknown as IServerAdapter, options: { uiConfig: { boardTitle: 'Ticket queues' } } })
+  const board = createBullBoard({ queues: [], serverAdapter, options: { uiConfig: { boardTitle: 'Ticket queues' } } })
   const queues = new DashboardQueues({
     redis: app.redis,
     prefix: config.queuePrefix,
