@@ -3,7 +3,6 @@
  * queue, Redis down, PostgreSQL down or silent. Every 503 carries Retry-After
  * and buys nothing; reads that need only PostgreSQL keep working without Redis.
  */
-import net from 'node:net'
 import { Queue } from 'bullmq'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
@@ -16,6 +15,7 @@ import { purchaseQueueName } from '../../shared/queue-names'
 import { buildTestApp, configWith, createOption, setUp, startTestWorker } from '../support/app'
 import { createTestEnvironment, type Teardown } from '../support/environment'
 import { freePort, startThrowawayRedis } from '../support/throwaway-redis'
+import { startSilentServer } from '../support/silent-server'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
@@ -130,22 +130,11 @@ t.test('Redis down: purchases answer 503 within a second, reads and creates stil
   t.equal(bought.rows[0].n, 3, 'the 503s bought nothing')
 })
 
-/** A TCP server that accepts connections and never says a word (a hung database). */
-async function silentServer (t: Teardown): Promise<number> {
-  const sockets = new Set<net.Socket>()
-  const server = net.createServer((socket) => { sockets.add(socket); socket.on('error', () => {}) })
-  await new Promise<void>((resolve) => { server.listen(0, '127.0.0.1', resolve) })
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise((resolve) => { server.close(resolve) })
-  })
-  return (server.address() as net.AddressInfo).port
-}
 
 t.test('PostgreSQL down: creates, reads and purchases answer 503 within about 2 s', async (t) => {
   const environment = await createTestEnvironment(t)
   const refused = `postgres://postgres@127.0.0.1:${await freePort()}/nothing`
-  const silent = `postgres://postgres@127.0.0.1:${await silentServer(t)}/nothing`
+  const silent = `postgres://postgres@127.0.0.1:${await startSilentServer(t)}/nothing`
   for (const [label, databaseUrl] of [['refused', refused], ['silent', silent]] as const) {
     t.test(`connections ${label}`, async (t) => {
       const app = await buildTestApp(t, configWith(environment, { DATABASE_URL: databaseUrl }))

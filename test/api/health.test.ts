@@ -1,10 +1,10 @@
-import net from 'node:net'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { buildTestApp, configWith } from '../support/app'
 import { createTestEnvironment, type Teardown } from '../support/environment'
 import { startTcpProxy } from '../support/tcp-proxy'
 import { freePort } from '../support/throwaway-redis'
+import { startSilentServer } from '../support/silent-server'
 
 /** Readiness must report an outage within this long (the checks time out after 1 s). */
 const FAIL_FAST_MS = 2000
@@ -25,17 +25,6 @@ async function readyBecomes (app: FastifyInstance, status: number, timeoutMs: nu
   return -1
 }
 
-/** A TCP server that accepts connections and never says a word: a hung PostgreSQL. */
-async function startSilentServer (t: Teardown): Promise<number> {
-  const sockets = new Set<net.Socket>()
-  const server = net.createServer((socket) => { sockets.add(socket); socket.on('error', () => {}) })
-  await new Promise<void>((resolve) => { server.listen(0, '127.0.0.1', resolve) })
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise((resolve) => { server.close(resolve) })
-  })
-  return (server.address() as net.AddressInfo).port
-}
 
 const unavailable = (dependency: RegExp) => ({
   statusCode: 503,

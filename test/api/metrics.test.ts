@@ -1,4 +1,3 @@
-import net from 'node:net'
 import { Queue } from 'bullmq'
 import { Redis } from 'ioredis'
 import pino from 'pino'
@@ -9,6 +8,7 @@ import { QueueDepths } from '../../api/queue-depths'
 import { purchaseQueueName } from '../../shared/queue-names'
 import { createOption, setUp } from '../support/app'
 import type { Teardown } from '../support/environment'
+import { startSilentServer } from '../support/silent-server'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 const PURCHASE_ROUTE = '/ticket_options/:id/purchases'
@@ -122,17 +122,6 @@ t.test('queue depths: the deepest option queues, bounded, as BullMQ counts them'
   t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: deepest, state: 'active' }), counts.active)
 })
 
-/** A TCP server that accepts connections and never answers: a hung Redis. */
-async function startSilentServer (t: Teardown): Promise<number> {
-  const sockets = new Set<net.Socket>()
-  const server = net.createServer((socket) => { sockets.add(socket); socket.on('error', () => {}) })
-  await new Promise<void>((resolve) => { server.listen(0, '127.0.0.1', resolve) })
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise((resolve) => { server.close(resolve) })
-  })
-  return (server.address() as net.AddressInfo).port
-}
 
 t.test('a Redis that does not answer makes a scrape report depth down, not hang', async (t) => {
   const port = await startSilentServer(t)
