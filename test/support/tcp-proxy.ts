@@ -7,6 +7,7 @@
  */
 import net from 'node:net'
 import type { Teardown } from './environment'
+import { freePort } from './throwaway-redis'
 
 export interface TcpProxy {
   port: number
@@ -21,7 +22,7 @@ export interface TcpProxy {
 export async function startTcpProxy (t: Teardown, target: { host: string, port: number }): Promise<TcpProxy> {
   const sockets = new Set<net.Socket>()
   let accepted = 0
-  const server = net.createServer((client) => {
+  const relay = (client: net.Socket): void => {
     accepted++
     const upstream = net.connect(target.port, target.host)
     sockets.add(client)
@@ -36,15 +37,24 @@ export async function startTcpProxy (t: Teardown, target: { host: string, port: 
     upstream.on('error', drop).on('close', drop)
     client.pipe(upstream)
     upstream.pipe(client)
-  })
+  }
+  // A new server for every listen: a closing server may wait on its last
+  // connections for a while, and must not keep the next one from listening.
+  let server: net.Server | undefined
   const listen = async (port: number): Promise<void> => {
+    const next = net.createServer(relay)
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(port, '127.0.0.1', () => { server.off('error', reject); resolve() })
+      next.once('error', reject)
+      next.listen(port, '127.0.0.1', () => { next.off('error', reject); resolve() })
     })
+    server = next
   }
   const cut = async (): Promise<void> => {
-    const closed = new Promise<void>((resolve) => { server.close(() => { resolve() }) })
+    const current = server
+    server = undefined
+    if (current === undefined) return
+    // Stops listening at once; the callback waits for the connections, which are destroyed next.
+    const closed = new Promise<void>((resolve) => { current.close(() => { resolve() }) })
     for (const socket of sockets) {
       // Node 20 never completes a reset of a socket whose write side is already
       // ended (a pending shutdown), and the test process then spins at exit: destroy those.
@@ -52,11 +62,13 @@ export async function startTcpProxy (t: Teardown, target: { host: string, port: 
       else socket.resetAndDestroy()
     }
     sockets.clear()
-    await closed
+    // Bounded, so a socket Node is slow to let go of cannot hang the test.
+    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1000).unref())])
   }
-  await listen(0)
-  const port = (server.address() as net.AddressInfo).port
-  t.teardown(async () => { if (server.listening) await cut() })
+  // A port outside the ephemeral range, so nothing else takes it while the proxy is cut.
+  const port = await freePort()
+  await listen(port)
+  t.teardown(cut)
   return {
     port,
     cut,

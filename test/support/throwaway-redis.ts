@@ -12,16 +12,25 @@ import path from 'node:path'
 import { Redis } from 'ioredis'
 import type { Teardown } from './environment'
 
-/** A TCP port nobody listens on right now. */
+// Ports below Linux's ephemeral range (32768-60999 here): listen(0) and
+// outgoing connections never take them, so a port found free stays free while
+// a test stops a server and starts it again on it, even with other test files
+// (API processes on port 0, silent servers) running beside it.
+const LOW_PORT_MIN = 20_000
+const LOW_PORT_MAX = 32_000
+
+/** A TCP port of 127.0.0.1 nobody listens on, outside the ephemeral range. */
 export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => { resolve(port) })
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = LOW_PORT_MIN + Math.floor(Math.random() * (LOW_PORT_MAX - LOW_PORT_MIN))
+    const free = await new Promise<boolean>((resolve) => {
+      const server = net.createServer()
+      server.once('error', () => { resolve(false) })
+      server.listen(port, '127.0.0.1', () => { server.close(() => { resolve(true) }) })
     })
-  })
+    if (free) return port
+  }
+  throw new Error('no free port found')
 }
 
 export interface ThrowawayRedis {
@@ -31,6 +40,15 @@ export interface ThrowawayRedis {
   stop: (signal?: 'SIGTERM' | 'SIGKILL') => Promise<void>
   /** Starts it again on the same port and directory; resolves when it answers PING. */
   start: () => Promise<void>
+}
+
+async function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([promise, new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`no answer in ${ms} ms`)) }, ms) })])
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 export async function startThrowawayRedis (t: Teardown, options: { appendonly: boolean }): Promise<ThrowawayRedis> {
@@ -51,8 +69,11 @@ export async function startThrowawayRedis (t: Teardown, options: { appendonly: b
     try {
       for (let attempt = 0; ; attempt++) {
         try {
-          if (probe.status !== 'ready') await probe.connect()
-          if (await probe.ping() === 'PONG') return
+          // Bounded: whatever answers on the port must be our Redis, and soon.
+          if (await withTimeout((async () => {
+            if (probe.status !== 'ready') await probe.connect()
+            return await probe.ping()
+          })(), 1000) === 'PONG') return
         } catch (err) {
           if (attempt >= 100 || started.exitCode !== null) throw new Error(`redis-server on ${port} did not start: ${String(err)}`)
           probe.disconnect()
