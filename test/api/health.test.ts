@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildTestApp, configWith } from '../support/app'
 import { createTestEnvironment, type Teardown } from '../support/environment'
 import { startTcpProxy } from '../support/tcp-proxy'
-import { freePort } from '../support/throwaway-redis'
+import { freePort } from '../support/free-port'
 import { startSilentServer } from '../support/silent-server'
 
 /** Readiness must report an outage within this long (the checks time out after 1 s). */

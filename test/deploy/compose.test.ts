@@ -23,7 +23,7 @@ import { EnvSchema, loadConfig } from '../../shared/config'
 import { WORKER_SHUTDOWN_BUDGET_MS } from '../../worker/main'
 import { ADMIN_DATABASE_URL, createTestEnvironment, randomSuffix, unbalancedOptions, type Teardown, type TestEnvironment } from '../support/environment'
 import { ROOT, startProcess, type ServiceProcess } from '../support/processes'
-import { freePort } from '../support/throwaway-redis'
+import { freePort } from '../support/free-port'
 import { commandWords, durationMs, readCompose, readComposeRaw, readDockerfile, serviceEnvironment, type ComposeFile } from './compose-file'
 
 const APP_SERVICES = ['migrate', 'api', 'worker'] as const

@@ -7,7 +7,7 @@
  */
 import net from 'node:net'
 import type { Teardown } from './environment'
-import { freePort } from './throwaway-redis'
+import { freePort } from './free-port'
 
 export interface TcpProxy {
   port: number

@@ -7,7 +7,7 @@ import { startWorker } from '../../worker/main'
 import { configWith, startTestWorker } from '../support/app'
 import { createTestEnvironment } from '../support/environment'
 import { startTcpProxy } from '../support/tcp-proxy'
-import { freePort } from '../support/throwaway-redis'
+import { freePort } from '../support/free-port'
 
 const FAIL_FAST_MS = 2000
 
