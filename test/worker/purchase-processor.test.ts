@@ -2,7 +2,8 @@ import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { Queue, QueueEvents } from 'bullmq'
 import { createOption, setUp, startTestWorker } from '../support/app'
-import { unbalancedOptions } from '../support/environment'
+import { unbalancedOptions, type Teardown } from '../support/environment'
+import type { Redis } from 'ioredis'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queue-names'
 import { touchOption } from '../../shared/queue-registry'
 import type { PurchaseJobData } from '../../shared/purchase-job'
@@ -48,14 +49,21 @@ for (const batchSize of ['1', '100']) {
   })
 }
 
+/** The option's queue and its events (to wait for a job's outcome), closed in teardown. */
+async function queueWithEvents (t: Teardown, redis: Redis, prefix: string, ticketOptionId: string): Promise<{ queue: Queue, events: QueueEvents }> {
+  const queue = new Queue(purchaseQueueName(ticketOptionId), { connection: redis, prefix })
+  // QueueEvents blocks on its connection, so it gets one of its own.
+  const eventsConnection = redis.duplicate()
+  const events = new QueueEvents(purchaseQueueName(ticketOptionId), { connection: eventsConnection, prefix })
+  t.teardown(async () => { await events.close(); await queue.close(); eventsConnection.disconnect() })
+  await events.waitUntilReady()
+  return { queue, events }
+}
+
 t.test('a redelivered job returns the recorded outcome and buys nothing more', async (t) => {
   const { app, sql, redis, prefix } = await setUp(t)
   const id = await createOption(app, 5)
-  const queue = new Queue(purchaseQueueName(id), { connection: redis, prefix })
-  const eventsConnection = redis.duplicate()
-  const events = new QueueEvents(purchaseQueueName(id), { connection: eventsConnection, prefix })
-  t.teardown(async () => { await events.close(); await queue.close(); eventsConnection.disconnect() })
-  await events.waitUntilReady()
+  const { queue, events } = await queueWithEvents(t, redis, prefix, id)
 
   const data = job(id, 2)
   const first = await queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })
@@ -81,11 +89,7 @@ t.test('a redelivered job returns the recorded outcome and buys nothing more', a
 t.test('a job with broken data fails without retrying and buys nothing', async (t) => {
   const { app, sql, redis, prefix } = await setUp(t)
   const id = await createOption(app, 5)
-  const queue = new Queue(purchaseQueueName(id), { connection: redis, prefix })
-  const eventsConnection = redis.duplicate()
-  const events = new QueueEvents(purchaseQueueName(id), { connection: eventsConnection, prefix })
-  t.teardown(async () => { await events.close(); await queue.close(); eventsConnection.disconnect() })
-  await events.waitUntilReady()
+  const { queue, events } = await queueWithEvents(t, redis, prefix, id)
   const broken = await queue.add(PURCHASE_JOB_NAME, { purchaseId: randomUUID(), ticketOptionId: id, quantity: 'many' }, { attempts: 5 })
   await touchOption(redis, prefix, id)
   await t.rejects(broken.waitUntilFinished(events, 15_000), /does not hold purchase data/)
