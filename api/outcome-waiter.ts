@@ -37,7 +37,12 @@ export class OutcomeWaiter {
       }
       for (const outcome of outcomes) this.settle(outcome.id, outcome)
     })
-    // ioredis re-subscribes by itself after a reconnect.
+    // ioredis re-subscribes by itself after a reconnect, but only if the
+    // connection it lost had subscribed; after a reconnect that failed midway
+    // it may not know. Subscribing again on every ready is harmless.
+    this.subscriber.on('ready', () => {
+      this.subscriber.subscribe(this.channel).catch((err: unknown) => { this.log.warn({ err }, 'could not subscribe to purchase outcomes') })
+    })
     await this.subscriber.subscribe(this.channel)
   }
 

@@ -71,6 +71,12 @@ export class OptionQueues {
     subscriber.on('message', (channel: string, ticketOptionId: string) => {
       if (channel === queueWakeupChannel(config.queuePrefix)) this.ensure(ticketOptionId)
     })
+    // Again on every ready, as the API's outcome subscriber does (api/outcome-waiter.ts);
+    // the rescan finds queues meanwhile, so a lost subscription only delays wake-ups.
+    subscriber.on('ready', () => {
+      if (this.closing) return
+      subscriber.subscribe(queueWakeupChannel(config.queuePrefix)).catch((err: unknown) => { log.warn({ err }, 'could not subscribe to wake-ups') })
+    })
     await subscriber.subscribe(queueWakeupChannel(config.queuePrefix))
     // A Redis restarted without its data (no AOF) forgets each queue's global
     // concurrency: set it again on every reconnect so options stay serial across replicas.

@@ -1,0 +1,38 @@
+import t from 'tap'
+import net from 'node:net'
+import pino from 'pino'
+import { createWorkerConnection } from '../../shared/redis'
+
+t.test('a connection stuck between connect and ready is started over', async (t) => {
+  // Accepts connections and never answers: the INFO ready check waits forever.
+  let accepted = 0
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((socket) => { accepted++; sockets.add(socket); socket.on('error', () => {}) })
+  await new Promise<void>((resolve) => { server.listen(0, '127.0.0.1', resolve) })
+  t.teardown(async () => {
+    for (const socket of sockets) socket.destroy()
+    await new Promise((resolve) => { server.close(resolve) })
+  })
+  const { port } = server.address() as net.AddressInfo
+  const lines: string[] = []
+  const log = pino({ level: 'warn' }, { write: (line: string) => { lines.push(line) } })
+  const redis = createWorkerConnection(`redis://127.0.0.1:${port}`, log, 'stuck-test', 200)
+  t.teardown(() => { redis.disconnect() })
+
+  const deadline = Date.now() + 5000
+  while (accepted < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.ok(accepted >= 3, `reconnected after each stall (${accepted} connections)`)
+  t.ok(lines.some((line) => line.includes('redis connection not ready in time, reconnecting')), 'and said so')
+  t.not(redis.status, 'ready')
+})
+
+t.test('a healthy connection is left alone', async (t) => {
+  const lines: string[] = []
+  const log = pino({ level: 'warn' }, { write: (line: string) => { lines.push(line) } })
+  const redis = createWorkerConnection(process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379', log, 'healthy-test', 200)
+  t.teardown(async () => { await redis.quit() })
+  t.equal(await redis.ping(), 'PONG')
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  t.equal(redis.status, 'ready')
+  t.same(lines.filter((line) => line.includes('not ready in time')), [])
+})
