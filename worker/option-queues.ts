@@ -11,6 +11,7 @@
  * Serialization across replicas is BullMQ's queue-level global concurrency of 1.
  * @see https://docs.bullmq.io/guide/queues/global-concurrency
  */
+import os from 'node:os'
 import { Queue, Worker } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
@@ -32,6 +33,13 @@ import { createPurchaseProcessor, RecentOutcomes } from './purchase-processor'
  * under load, too close to the 10 s target.
  */
 export const LOCK_DURATION_MS = 5000
+/**
+ * Stored by BullMQ on every job this process takes (`processedBy`), so the
+ * dashboard, an operator or a test can tell which replica holds an option's
+ * job: host name (the container id under compose) and pid.
+ */
+export const WORKER_NAME = `${os.hostname()}:${process.pid}`
+
 export const STALLED_INTERVAL_MS = 2000
 
 interface RunningQueue {
@@ -159,6 +167,7 @@ export class OptionQueues {
     const worker = new Worker(purchaseQueueName(ticketOptionId), processor, {
       connection,
       prefix: config.queuePrefix,
+      name: WORKER_NAME,
       concurrency: 1,
       lockDuration: LOCK_DURATION_MS,
       stalledInterval: STALLED_INTERVAL_MS,
