@@ -46,12 +46,6 @@ export class OutcomeWaiter {
     await this.subscriber.subscribe(this.channel)
   }
 
-  /** Number of requests waiting right now (for metrics and shutdown). */
-  get pending (): number {
-    let n = 0
-    for (const set of this.waiters.values()) n += set.size
-    return n
-  }
 
   wait (purchaseId: string, timeoutMs: number): OutcomeWait {
     let resolver!: Resolver
@@ -79,10 +73,5 @@ export class OutcomeWaiter {
     const set = this.waiters.get(purchaseId)
     if (set === undefined) return
     for (const resolve of [...set]) resolve(record)
-  }
-
-  /** Ends every wait now (shutdown): callers fall back to the database. */
-  releaseAll (): void {
-    for (const set of [...this.waiters.values()]) for (const resolve of [...set]) resolve(null)
   }
 }

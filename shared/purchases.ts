@@ -40,8 +40,6 @@ export interface PurchaseRequest {
 export interface AppliedBatch {
   /** one outcome per request, in the order given */
   outcomes: PurchaseRecord[]
-  /** how many of them were decided now (the rest had been recorded before) */
-  newlyApplied: number
 }
 
 const RECORD_COLUMNS = `id, ticket_option_id, user_id, quantity, status, reason, available,
@@ -127,7 +125,6 @@ export async function applyPurchases (client: DbClient, ticketOptionId: string, 
 
   return {
     outcomes: requests.map((r) => recorded.get(r.purchaseId) as PurchaseRecord),
-    newlyApplied: fresh.length,
   }
 }
 

@@ -6,15 +6,8 @@
  */
 export const PURCHASE_JOB_NAME = 'purchase'
 
-const QUEUE_NAME = /^purchases-\{([0-9a-f-]{36})\}$/
-
 export function purchaseQueueName (ticketOptionId: string): string {
   return `purchases-{${ticketOptionId}}`
-}
-
-/** The option id a purchase queue belongs to, or null for any other queue name. */
-export function ticketOptionIdOfQueue (queueName: string): string | null {
-  return QUEUE_NAME.exec(queueName)?.[1] ?? null
 }
 
 /** Sorted set of option ids with recent purchases, scored by last use (ms). */
