@@ -8,9 +8,10 @@ import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import type { Config } from '../shared/config'
+import type { Config, TrustProxy } from '../shared/config'
 import { loggerOptions } from '../shared/logger'
 import { clientErrorHandler, frameworkErrorHandler } from './client-errors'
+import bodyDeadline from './plugins/body-deadline'
 import dashboard from './plugins/dashboard'
 import errorHandler from './plugins/error-handler'
 import gracefulClose from './plugins/graceful-close'
@@ -23,7 +24,7 @@ import metricsRoutes from './routes/metrics'
 import purchaseRoutes from './routes/purchases'
 import ticketOptionRoutes from './routes/ticket-options'
 import { ErrorSchema } from './schemas/common'
-import { NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseSchema, PurchaseStatusSchema } from './schemas/purchases'
+import { NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseRefusedSchema, PurchaseSchema, PurchaseStatusSchema } from './schemas/purchases'
 import { TicketOptionSchema } from './schemas/ticket-options'
 
 /** How often Node looks for requests past REQUEST_TIMEOUT_MS (ms). */
@@ -35,6 +36,11 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
 function requestId (req: IncomingMessage): string {
   const header = req.headers['x-request-id']
   return typeof header === 'string' && REQUEST_ID.test(header) ? header : randomUUID()
+}
+
+/** A hop count as the function Fastify applies to numbers (its types accept no number). */
+function fastifyTrustProxy (trust: TrustProxy): boolean | string[] | ((address: string, hop: number) => boolean) {
+  return typeof trust === 'number' ? (_address, hop) => hop < trust : trust
 }
 
 export interface BuildAppOptions {
@@ -58,7 +64,10 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
     frameworkErrors: frameworkErrorHandler,
     // API.md: types are strict, nothing is coerced, unknown fields are refused.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
-    return503OnClosing: true,
+    // api/plugins/graceful-close.ts answers requests that arrive while closing, in the service's error body.
+    return503OnClosing: false,
+    // TRUST_PROXY: whose X-Forwarded-For to believe, so request.ip (and the rate limit) is the client's.
+    trustProxy: fastifyTrustProxy(config.trustProxy),
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   // Only JSON bodies are accepted: anything else is a 415 (API.md "Errors").
@@ -66,12 +75,13 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
 
   app.addHook('onRequest', async (request, reply) => { reply.header('x-request-id', request.id) })
 
-  for (const schema of [ErrorSchema, TicketOptionSchema, PurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseStatusSchema]) {
+  for (const schema of [ErrorSchema, TicketOptionSchema, PurchaseSchema, NotEnoughTicketsSchema, PurchaseRefusedSchema, PendingPurchaseSchema, PurchaseStatusSchema]) {
     app.addSchema(schema)
   }
 
   await app.register(errorHandler)
   await app.register(gracefulClose)
+  await app.register(bodyDeadline, { timeoutMs: config.bodyTimeoutMs })
   // Before the routes: its onRoute hook limits the routes that ask for it.
   await app.register(rateLimit, { config })
   await app.register(metrics)

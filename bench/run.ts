@@ -22,7 +22,7 @@
 import { appendFileSync, mkdirSync, readdirSync, statSync } from 'node:fs'
 import { cpus } from 'node:os'
 import path from 'node:path'
-import { round } from './load'
+import { round } from './latency'
 import { summarizeProfiles } from './profile-summary'
 import { SCENARIOS, runScenario, soakScenario, type RunFigures, type Scenario, type Target } from './scenarios'
 import { PROFILE_DIR, ROOT, rssMiB, Stack } from './stack'

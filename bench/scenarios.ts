@@ -6,7 +6,9 @@
  */
 import type pg from 'pg'
 import { cpuMs, redisPids } from './stack'
-import { call, runPurchases, summarize, round, type LatencySummary, type LoadResult } from './load'
+import { callJson as call, runPurchases, type LoadResult } from '../test/support/load'
+import { sleep } from '../test/support/wait'
+import { summarize, round, type LatencySummary } from './latency'
 
 export interface Target {
   name: 'ours' | 'reference'
@@ -98,8 +100,6 @@ async function createOptions (target: Target, scenario: Scenario): Promise<strin
   return ids
 }
 
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
-
 /** Settles a 202 through GET …/purchases/:id; returns its final status or 'pending' after the limit. */
 async function settle (url: string, optionId: string, purchaseId: string, limitMs = 60_000): Promise<string> {
   const deadline = Date.now() + limitMs
@@ -122,7 +122,7 @@ export async function runScenario (target: Target, scenario: Scenario, onTick?: 
   let load: LoadResult
   const before = await cpuSnapshot(target)
   try {
-    load = await runPurchases(target.urls, scenario.total, scenario.concurrency, spec, scenario.durationMs)
+    load = await runPurchases({ urls: target.urls, total: scenario.total, concurrency: scenario.concurrency, spec, durationMs: scenario.durationMs, timeoutMs: 300_000 })
   } finally {
     clearInterval(ticker)
   }

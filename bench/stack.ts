@@ -13,6 +13,7 @@ import path from 'node:path'
 import { Redis } from 'ioredis'
 import pg from 'pg'
 import { migrate } from '../migrations/migrate'
+import { sleep } from '../test/support/wait'
 
 export const ROOT = path.resolve(__dirname, '..')
 export const PROFILE_DIR = path.join(ROOT, 'bench', 'results', 'profiles')
@@ -46,8 +47,6 @@ async function freePort (): Promise<number> {
     })
   })
 }
-
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
 
 /** VmRSS of a process in MiB, or null once it is gone. */
 export function rssMiB (pid: number | undefined): number | null {

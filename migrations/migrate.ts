@@ -13,7 +13,8 @@ import pg from 'pg'
 import type { Logger } from 'pino'
 import { loadConfigOrExit } from '../shared/config'
 import { ensureDatabase } from '../shared/db'
-import { createLogger, redactUrl } from '../shared/logger'
+import { createLogger } from '../shared/logger'
+import { redactUrl } from '../shared/redact-url'
 
 // Any constant works; it only has to be the same for every runner of this schema.
 const MIGRATION_LOCK_KEY = 727_001
@@ -60,7 +61,7 @@ export async function migrate (databaseUrl: string, log?: Logger): Promise<strin
         )`)
         const inserted = await client.query(
           'insert into schema_migrations (version, name) values ($1, $2) on conflict (version) do nothing',
-          [migration.version, migration.name],
+          [migration.version, migration.name]
         )
         if (inserted.rowCount === 1) {
           await client.query(await readFile(migration.file, 'utf8'))

@@ -7,7 +7,8 @@
  */
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
-import { redactUrl } from './logger'
+import { isIP } from 'node:net'
+import { redactUrl } from './redact-url'
 
 const Port = (def: string) => Type.String({ pattern: '^[0-9]{1,5}$', default: def })
 const Int = (def: string) => Type.String({ pattern: '^[0-9]{1,10}$', default: def })
@@ -58,6 +59,16 @@ export const EnvSchema = Type.Object({
   REQUEST_TIMEOUT_MS: Type.Optional(Type.String({ pattern: '^[0-9]{1,10}$' })),
   /** Purchase requests per client IP and minute, per API process; 0 turns the limit off. */
   RATE_LIMIT_PURCHASES_PER_MINUTE: Int('0'),
+  /** Longest a request body may take to arrive once its headers have (ms); a slower one is a 408 and its connection is closed. */
+  BODY_TIMEOUT_MS: Int('10000'),
+  /**
+   * Which proxies in front of the API to trust for the client address (X-Forwarded-For), so the
+   * rate limit counts clients, not the proxy: `false` (default), `true` (any), a hop count, or
+   * comma-separated addresses/CIDRs such as `10.0.0.0/8,127.0.0.1`.
+   */
+  TRUST_PROXY: Type.String({ pattern: '^[0-9A-Za-z.:/, ]{1,1000}$', default: 'false' }),
+  /** Most tickets one purchase may buy; a larger quantity is a 422 QUANTITY_OVER_LIMIT (each ticket is a row). */
+  MAX_TICKETS_PER_PURCHASE: Int('10000'),
 })
 export type Env = Static<typeof EnvSchema>
 
@@ -85,7 +96,14 @@ export interface Config {
   readonly requestTimeoutMs: number
   /** 0 = off */
   readonly rateLimitPurchasesPerMinute: number
+  readonly bodyTimeoutMs: number
+  /** Fastify's trustProxy */
+  readonly trustProxy: TrustProxy
+  readonly maxTicketsPerPurchase: number
 }
+
+/** Fastify's `trustProxy`: trust none, all, this many hops, or these addresses and ranges. */
+export type TrustProxy = boolean | number | string[]
 
 export interface DashboardCredentials {
   readonly user: string
@@ -136,6 +154,21 @@ function requestTimeout (env: Env): number {
   return timeoutMs
 }
 
+const PROXY_ADDRESS = /^([0-9.]+|[0-9A-Fa-f:.]+)(\/[0-9]{1,3})?$/
+
+function trustProxy (env: Env): TrustProxy {
+  const raw = env.TRUST_PROXY.trim()
+  if (raw === 'false') return false
+  if (raw === 'true') return true
+  if (/^[0-9]+$/.test(raw)) return intIn(env, 'TRUST_PROXY', 1, 100)
+  const addresses = raw.split(',').map((a) => a.trim()).filter((a) => a !== '')
+  const bad = addresses.find((a) => !PROXY_ADDRESS.test(a) || isIP(a.split('/')[0] ?? '') === 0)
+  if (bad !== undefined || addresses.length === 0) {
+    throw new ConfigError(`TRUST_PROXY must be true, false, a hop count or comma-separated IP addresses/CIDRs, got ${JSON.stringify(env.TRUST_PROXY)}`)
+  }
+  return addresses
+}
+
 /** A bad value as an error message shows it: never a password (stderr ends up in log collectors). */
 function shownValue (name: string, raw: string | undefined): string {
   if (raw === undefined) return 'undefined'
@@ -178,6 +211,9 @@ export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
     bodyLimitBytes: intIn(env, 'BODY_LIMIT_BYTES', 1024, 10 * 1024 * 1024),
     requestTimeoutMs: requestTimeout(env),
     rateLimitPurchasesPerMinute: intIn(env, 'RATE_LIMIT_PURCHASES_PER_MINUTE', 0, 1_000_000),
+    bodyTimeoutMs: intIn(env, 'BODY_TIMEOUT_MS', 100, 600_000),
+    trustProxy: trustProxy(env),
+    maxTicketsPerPurchase: intIn(env, 'MAX_TICKETS_PER_PURCHASE', 1, 1_000_000),
   } satisfies Config)
 }
 

@@ -41,7 +41,8 @@ export async function withTransaction<T> (pool: Db, fn: (client: DbClient) => Pr
 export function isTransientDbError (err: unknown): boolean {
   const e = err as { code?: string, message?: string }
   if (typeof e?.code === 'string') {
-    if (/^(08|53|57P0[1-3])/.test(e.code)) return true // connection, resources, admin shutdown
+    // connection, resources, admin shutdown; serialization failure and deadlock (retrying succeeds)
+    if (/^(08|53|57P0[1-3]|40001|40P01)/.test(e.code)) return true
     if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN'].includes(e.code)) return true
   }
   const message = typeof e?.message === 'string' ? e.message : ''

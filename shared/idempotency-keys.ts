@@ -62,14 +62,14 @@ export async function claimIdempotencyKey (db: Db, input: IdempotencyClaimInput)
             expires_at = excluded.expires_at
       where idempotency_keys.expires_at <= now()
      returning purchase_id`,
-    [input.ticketOptionId, input.userId, input.key, input.requestHash, input.purchaseId, input.ttlHours],
+    [input.ticketOptionId, input.userId, input.key, input.requestHash, input.purchaseId, input.ttlHours]
   )
   if (claimed.rowCount === 1) return { kind: 'claimed' }
   const { rows } = await db.query<IdempotencyKeyRow>(
     `select ticket_option_id, user_id, key, request_hash, purchase_id
        from idempotency_keys
       where ticket_option_id = $1::uuid and user_id = $2::uuid and key = $3::text`,
-    [input.ticketOptionId, input.userId, input.key],
+    [input.ticketOptionId, input.userId, input.key]
   )
   const row = rows[0]
   return row === undefined ? { kind: 'vanished' } : { kind: 'existing', row }
@@ -84,7 +84,7 @@ export async function releaseIdempotencyKey (db: Db, key: Pick<IdempotencyKeyRow
   const { rowCount } = await db.query(
     `delete from idempotency_keys
       where ticket_option_id = $1::uuid and user_id = $2::uuid and key = $3::text and purchase_id = $4::uuid`,
-    [key.ticket_option_id, key.user_id, key.key, key.purchase_id],
+    [key.ticket_option_id, key.user_id, key.key, key.purchase_id]
   )
   return rowCount === 1
 }
@@ -94,7 +94,7 @@ export async function deleteExpiredIdempotencyKeys (db: Db, limit = 10_000): Pro
   const { rowCount } = await db.query(
     `delete from idempotency_keys
       where ctid = any (array(select ctid from idempotency_keys where expires_at <= now() limit $1::integer))`,
-    [limit],
+    [limit]
   )
   return rowCount ?? 0
 }

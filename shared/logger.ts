@@ -6,15 +6,6 @@
 import pino, { type LoggerOptions, type Logger } from 'pino'
 import type { Config } from './config'
 
-/**
- * Hides the password of a connection string (`scheme://user:password@host`),
- * wherever it is logged. Greedy up to the last `@` before the path, so a
- * password with a raw `@` in it is hidden whole.
- */
-export function redactUrl (url: string): string {
-  return url.replace(/\/\/([^:/@]*):([^/]*)@/, '//$1:***@')
-}
-
 export function loggerOptions (config: Pick<Config, 'logLevel' | 'logPretty'>, name: string): LoggerOptions {
   return {
     name,

@@ -25,7 +25,7 @@ export async function createTicketOption (db: Db, input: NewTicketOption): Promi
     `insert into ticket_options (name, "desc", initial_allocation, allocation)
      values ($1, $2, $3::integer, $3::integer)
      returning id, name, "desc", allocation`,
-    [input.name, input.desc, input.allocation],
+    [input.name, input.desc, input.allocation]
   )
   return rows[0] as TicketOption
 }
@@ -33,7 +33,7 @@ export async function createTicketOption (db: Db, input: NewTicketOption): Promi
 export async function getTicketOption (db: Db, id: string): Promise<TicketOption | null> {
   const { rows } = await db.query<TicketOption>(
     'select id, name, "desc", allocation from ticket_options where id = $1::uuid',
-    [id],
+    [id]
   )
   return rows[0] ?? null
 }
@@ -47,7 +47,7 @@ export async function ticketOptionExists (db: Db, id: string): Promise<boolean> 
 export async function ticketOptionNames (db: Db, ids: readonly string[]): Promise<Map<string, string>> {
   const { rows } = await db.query<{ id: string, name: string }>(
     'select id, name from ticket_options where id = any($1::uuid[])',
-    [ids],
+    [ids]
   )
   return new Map(rows.map((r) => [r.id, r.name]))
 }

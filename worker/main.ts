@@ -10,10 +10,10 @@ import { loadConfigOrExit, type Config } from '../shared/config'
 import { createPool } from '../shared/db'
 import { createLogger } from '../shared/logger'
 import { createWorkerConnection } from '../shared/redis'
-import { startHealthServer, type HealthServer } from './health-server'
+import { startHealthServer, type HealthServer } from './monitoring/health-server'
 import { startKeySweeper } from './idempotency-key-sweeper'
-import { WorkerMetrics } from './metrics'
-import { OptionQueues } from './option-queues'
+import { WorkerMetrics } from './monitoring/metrics'
+import { OptionQueues } from './purchasing/option-queues'
 
 export interface RunningWorker {
   optionQueues: OptionQueues

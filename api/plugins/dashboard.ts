@@ -10,7 +10,7 @@
  *   refuses every request that is not GET/HEAD with a 403 before bull-board
  *   sees it, because retrying a completed purchase job would buy again.
  * - Lists the option queues of the registry of active options, named after
- *   their options (api/dashboard-queues.ts), read again on a dashboard API
+ *   their options (api/dashboard/dashboard-queues.ts), read again on a dashboard API
  *   request when the list is older than LIST_MAX_AGE_MS; nothing runs while
  *   nobody looks.
  *
@@ -24,10 +24,9 @@ import fp from 'fastify-plugin'
 import type { Logger } from 'pino'
 import type { Config } from '../../shared/config'
 import { ticketOptionNames } from '../../shared/ticket-options'
-import { basicAuthChecker } from '../basic-auth'
-import { DashboardQueues } from '../dashboard-queues'
-import { DashboardReadOnlyError, DashboardUnauthorizedError } from '../errors'
-import { errorBody } from './error-handler'
+import { basicAuthChecker } from '../dashboard/basic-auth'
+import { DashboardQueues } from '../dashboard/dashboard-queues'
+import { catalogueBody } from '../../shared/error-catalogue'
 
 export const DASHBOARD_PATH = '/admin/queues'
 /** Most queues on the board: the least recently used beyond it are left out, so one page stays cheap to draw. */
@@ -64,14 +63,12 @@ async function dashboardPlugin (app: FastifyInstance, { config }: DashboardOptio
   // error handler (set on its routes), which does not speak API.md's error body.
   app.addHook('onRequest', async (request, reply) => {
     if (!isAuthorized(request.headers.authorization)) {
-      const err = new DashboardUnauthorizedError()
-      reply.code(401).header('www-authenticate', CHALLENGE).send(errorBody(401, err.message, err.code))
+      reply.code(401).header('www-authenticate', CHALLENGE).send(catalogueBody('DASHBOARD_UNAUTHORIZED'))
       return reply
     }
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       request.log.warn({ method: request.method, url: request.url }, 'refused a change through the read-only dashboard')
-      const err = new DashboardReadOnlyError(request.method)
-      reply.code(403).send(errorBody(403, err.message, err.code))
+      reply.code(403).send(catalogueBody('DASHBOARD_READ_ONLY', [request.method]))
       return reply
     }
     if (request.url.startsWith(`${DASHBOARD_PATH}/api/`)) await queues.refreshIfStale()
@@ -84,8 +81,7 @@ async function dashboardPlugin (app: FastifyInstance, { config }: DashboardOptio
     // `hide` keeps it out of the OpenAPI document (@fastify/swagger declares the field).
     schema: { hide: true } as FastifySchema,
     handler: async (request, reply) => {
-      const err = new DashboardReadOnlyError(request.method)
-      return await reply.code(403).send(errorBody(403, err.message, err.code))
+      return await reply.code(403).send(catalogueBody('DASHBOARD_READ_ONLY', [request.method]))
     },
   })
 

@@ -3,17 +3,13 @@
  * validation errors pass through as they are; an unavailable dependency is a
  * 503 with Retry-After; anything else is logged with the request and the
  * client only sees "Internal Server Error" (no stack, SQL or internal names).
+ * Every body is built by `errorBody` (shared/error-catalogue.ts).
  * @see https://fastify.dev/docs/latest/Reference/Errors/
  */
-import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { isTransientDbError } from '../../shared/db'
-import { RETRY_AFTER_SECONDS, RouteNotFoundError } from '../errors'
-
-export function errorBody (statusCode: number, message: string, code: string): Record<string, unknown> {
-  return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message, code }
-}
+import { catalogueBody, errorBody, RETRY_AFTER_SECONDS } from '../../shared/error-catalogue'
 
 async function errorHandlerPlugin (app: FastifyInstance): Promise<void> {
   app.setErrorHandler((err: FastifyError, request, reply) => {
@@ -26,17 +22,17 @@ async function errorHandlerPlugin (app: FastifyInstance): Promise<void> {
     }
     if (status === 503 || isTransientDbError(err)) {
       request.log.warn({ err }, 'dependency unavailable')
-      const message = status === 503 ? err.message : 'The database is unavailable, try again shortly'
-      return reply.code(503).header('retry-after', String(RETRY_AFTER_SECONDS))
-        .send(errorBody(503, message, status === 503 ? (err.code ?? 'SERVICE_UNAVAILABLE') : 'SERVICE_UNAVAILABLE'))
+      const body = status === 503
+        ? errorBody(503, err.message, err.code ?? 'SERVICE_UNAVAILABLE')
+        : catalogueBody('SERVICE_UNAVAILABLE', ['The database'])
+      return reply.code(503).header('retry-after', String(RETRY_AFTER_SECONDS)).send(body)
     }
     request.log.error({ err, request: { method: request.method, url: request.url } }, 'unhandled error')
-    return reply.code(500).send(errorBody(500, 'Internal Server Error', 'INTERNAL_SERVER_ERROR'))
+    return reply.code(500).send(catalogueBody('INTERNAL_SERVER_ERROR'))
   })
 
   app.setNotFoundHandler((request, reply) => {
-    const err = new RouteNotFoundError(request.method, request.url.split('?')[0] ?? '')
-    return reply.code(404).send(errorBody(404, err.message, err.code))
+    return reply.code(404).send(catalogueBody('ROUTE_NOT_FOUND', [request.method, request.url.split('?')[0] ?? '']))
   })
 }
 

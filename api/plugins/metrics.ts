@@ -1,5 +1,5 @@
 /**
- * Prometheus metrics for the API (api/api-metrics.ts), served by
+ * Prometheus metrics for the API (api/metrics/api-metrics.ts), served by
  * api/routes/metrics.ts at GET /metrics. Registered before the routes so that
  * its onResponse hook times every route, the 404 handler included. The
  * purchasing plugin reports purchase outcomes and hands over the Redis
@@ -9,7 +9,7 @@
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import { ApiMetrics } from '../api-metrics'
+import { ApiMetrics } from '../metrics/api-metrics'
 
 declare module 'fastify' {
   interface FastifyInstance {

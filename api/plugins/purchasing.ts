@@ -10,18 +10,17 @@ import type { Logger } from 'pino'
 import type { Config } from '../../shared/config'
 import { createPool, type Db } from '../../shared/db'
 import { createProducerConnection, createWorkerConnection, waitUntilReady } from '../../shared/redis'
-import { OutcomeWaiter } from '../outcome-waiter'
-import { PurchaseQueues } from '../purchase-queues'
-import { QueueBackpressure } from '../queue-backpressure'
-import { QUEUE_DEPTH_SCANNED, QUEUE_DEPTH_TIMEOUT_MS, QUEUE_DEPTH_TOP, QueueDepths } from '../queue-depths'
-import { KnownOptions, PurchaseService } from '../purchase-service'
+import { OutcomeWaiter } from '../purchasing/outcome-waiter'
+import { PurchaseQueues } from '../purchasing/purchase-queues'
+import { QueueBackpressure } from '../purchasing/queue-backpressure'
+import { QUEUE_DEPTH_SCANNED, QUEUE_DEPTH_TIMEOUT_MS, QUEUE_DEPTH_TOP, QueueDepths } from '../metrics/queue-depths'
+import { PurchaseService } from '../purchasing/purchase-service'
 
 declare module 'fastify' {
   interface FastifyInstance {
     db: Db
     redis: Redis
     purchases: PurchaseService
-    knownOptions: KnownOptions
     outcomeWaiter: OutcomeWaiter
   }
 }
@@ -39,20 +38,25 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
   const subscriber = createWorkerConnection(config.redisUrl, log, `${config.queuePrefix}-api-outcomes`)
   const waiter = new OutcomeWaiter(subscriber, config.queuePrefix, log)
   const queues = new PurchaseQueues(redis, config.queuePrefix, log)
-  const knownOptions = new KnownOptions()
   const backpressure = new QueueBackpressure({
     waitingCount: async (ticketOptionId) => await queues.waitingCount(ticketOptionId),
     maxWaiting: config.queueMaxWaiting,
   })
   const purchases = new PurchaseService({
-    db, queues, waiter, knownOptions, waitMs: config.purchaseWaitMs, log, observer: app.metrics,
-    idempotencyKeyTtlHours: config.idempotencyKeyTtlHours, backpressure,
+    db,
+    queues,
+    waiter,
+    waitMs: config.purchaseWaitMs,
+    log,
+    observer: app.metrics,
+    idempotencyKeyTtlHours: config.idempotencyKeyTtlHours,
+    maxTicketsPerPurchase: config.maxTicketsPerPurchase,
+    backpressure,
   })
   app.metrics.watchQueueDepths(new QueueDepths({ redis, prefix: config.queuePrefix, scanned: QUEUE_DEPTH_SCANNED, top: QUEUE_DEPTH_TOP, timeoutMs: QUEUE_DEPTH_TIMEOUT_MS }), log)
 
   app.decorate('db', db)
   app.decorate('redis', redis)
-  app.decorate('knownOptions', knownOptions)
   app.decorate('outcomeWaiter', waiter)
   app.decorate('purchases', purchases)
 

@@ -15,7 +15,7 @@ import rateLimit from '@fastify/rate-limit'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Config } from '../../shared/config'
-import { RateLimitedError } from '../errors'
+import { RateLimitedError } from '../../shared/error-catalogue'
 
 export interface RateLimitOptions {
   config: Config

@@ -6,7 +6,7 @@
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { checkReadiness, isReady, unavailableDependencies } from '../../shared/health-checks'
-import { ServiceUnavailableError } from '../errors'
+import { ServiceUnavailableError } from '../../shared/error-catalogue'
 import { errorResponse, jsonResponse, retryAfterHeader } from '../schemas/responses'
 import { LivenessSchema, ReadinessSchema } from '../schemas/health'
 

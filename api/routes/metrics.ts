@@ -1,6 +1,6 @@
 /**
  * GET /metrics (API.md "Operator routes"): Prometheus text format. The
- * instruments live in api/api-metrics.ts; queue depths are read on scrape
+ * instruments live in api/metrics/api-metrics.ts; queue depths are read on scrape
  * with a time limit, so a Redis outage does not hang this route.
  */
 import { Type } from '@sinclair/typebox'

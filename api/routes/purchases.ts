@@ -4,31 +4,19 @@
  * known within the wait limit (API.md "Outcomes").
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { PurchaseRecord } from '../../shared/purchases'
-import { IdempotencyKeyReusedError, PurchaseNotFoundError, TicketOptionNotFoundError } from '../errors'
+import {
+  catalogueBody, IdempotencyKeyReusedError, PurchaseNotFoundError, rejectionBody, RETRY_AFTER_SECONDS, TicketOptionNotFoundError,
+} from '../../shared/error-catalogue'
 import {
   badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, tooManyRequests, unsupportedMediaType,
 } from '../schemas/responses'
 import {
   CreatePurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseHeadersSchema, PurchaseParamsSchema,
-  PurchaseSchema, PurchaseStatusParamsSchema, PurchaseStatusSchema,
+  PurchaseRefusedSchema, PurchaseSchema, PurchaseStatusParamsSchema, PurchaseStatusSchema,
 } from '../schemas/purchases'
 
 const purchaseLocation = (ticketOptionId: string, purchaseId: string): string =>
   `/ticket_options/${ticketOptionId}/purchases/${purchaseId}`
-
-function notEnoughTickets (purchase: PurchaseRecord) {
-  const available = purchase.available ?? 0
-  return {
-    statusCode: 409 as const,
-    error: 'Conflict',
-    message: `Not enough tickets: requested ${purchase.quantity}, available ${available}`,
-    code: 'NOT_ENOUGH_TICKETS' as const,
-    requested: purchase.quantity,
-    available,
-    purchase_id: purchase.id,
-  }
-}
 
 const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { purchases } = app
@@ -50,32 +38,39 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
         409: jsonResponse('Fewer than `quantity` tickets remain (NOT_ENOUGH_TICKETS); nothing was bought', NotEnoughTicketsSchema),
         413: payloadTooLarge,
         415: unsupportedMediaType,
-        422: errorResponse('This Idempotency-Key was already used with a different body (IDEMPOTENCY_KEY_REUSED); nothing was bought'),
+        422: jsonResponse('More than MAX_TICKETS_PER_PURCHASE tickets (QUANTITY_OVER_LIMIT, with `limit`), this Idempotency-Key was already used with a different body (IDEMPOTENCY_KEY_REUSED), or the purchase could not be applied (PURCHASE_UNPROCESSABLE); nothing was bought', PurchaseRefusedSchema),
         429: tooManyRequests,
         503: serviceUnavailable,
       },
     },
   }, async (request, reply) => {
     const ticketOptionId = request.params.id.toLowerCase()
+    const { quantity } = request.body
     const result = await purchases.purchase({
       ticketOptionId,
       userId: request.body.user_id.toLowerCase(),
-      quantity: request.body.quantity,
+      quantity,
       requestId: String(request.id),
-      idempotencyKey: request.headers['idempotency-key'],
-    })
+    }, request.headers['idempotency-key'])
     switch (result.kind) {
       case 'option_not_found':
         throw new TicketOptionNotFoundError(ticketOptionId)
       case 'idempotency_key_reused':
         throw new IdempotencyKeyReusedError()
+      case 'quantity_over_limit':
+        return await reply.code(422).send(catalogueBody('QUANTITY_OVER_LIMIT', [result.limit], { requested: quantity, limit: result.limit }))
       case 'pending':
         return await reply.code(202).header('location', purchaseLocation(ticketOptionId, result.purchaseId))
           .send({ id: result.purchaseId, status: 'pending' as const })
-      case 'recorded':
-        if (result.purchase.status === 'rejected') return await reply.code(409).send(notEnoughTickets(result.purchase))
-        return await reply.code(201).header('location', purchaseLocation(ticketOptionId, result.purchase.id))
-          .send({ ...result.purchase, status: 'succeeded' as const })
+      case 'recorded': {
+        if (result.purchase.status === 'succeeded') {
+          return await reply.code(201).header('location', purchaseLocation(ticketOptionId, result.purchase.id))
+            .send({ ...result.purchase, status: 'succeeded' as const })
+        }
+        const refused = rejectionBody(result.purchase, purchases.maxTicketsPerPurchase)
+        if (refused.statusCode === 503) void reply.header('retry-after', String(RETRY_AFTER_SECONDS))
+        return await reply.code(refused.statusCode as 409 | 422 | 503).send(refused)
+      }
     }
   })
 

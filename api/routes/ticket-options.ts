@@ -7,10 +7,10 @@ import {
   badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, unsupportedMediaType,
 } from '../schemas/responses'
 import { CreateTicketOptionSchema, TicketOptionParamsSchema, TicketOptionSchema } from '../schemas/ticket-options'
-import { TicketOptionNotFoundError } from '../errors'
+import { TicketOptionNotFoundError } from '../../shared/error-catalogue'
 
 const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
-  const { db, knownOptions } = app
+  const { db } = app
 
   app.post('/ticket_options', {
     schema: {
@@ -28,7 +28,6 @@ const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const { name, desc = '', allocation } = request.body
     const option = await createTicketOption(db, { name, desc, allocation })
-    knownOptions.add(option.id)
     return await reply.code(201).header('location', `/ticket_options/${option.id}`).send(option)
   })
 

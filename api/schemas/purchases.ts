@@ -47,6 +47,17 @@ export const NotEnoughTicketsSchema = Type.Object({
   purchase_id: UuidSchema,
 }, { $id: 'NotEnoughTickets' })
 
+/** A purchase refused before or when it was applied (422): nothing was bought. */
+export const PurchaseRefusedSchema = Type.Object({
+  statusCode: Type.Literal(422),
+  error: Type.String(),
+  message: Type.String(),
+  code: Type.Union([Type.Literal('QUANTITY_OVER_LIMIT'), Type.Literal('IDEMPOTENCY_KEY_REUSED'), Type.Literal('PURCHASE_UNPROCESSABLE')]),
+  requested: Type.Optional(Type.Integer()),
+  limit: Type.Optional(Type.Integer({ description: 'for QUANTITY_OVER_LIMIT: the most tickets one purchase may buy' })),
+  purchase_id: Type.Optional(UuidSchema),
+}, { $id: 'PurchaseRefused' })
+
 /** Queued, outcome not known within the wait limit (202). */
 export const PendingPurchaseSchema = Type.Object({
   id: UuidSchema,
@@ -61,6 +72,6 @@ export const PurchaseStatusSchema = Type.Object({
   user_id: Type.Optional(UuidSchema),
   quantity: Type.Optional(Type.Integer()),
   created_at: Type.Optional(Type.String({ format: 'date-time' })),
-  reason: Type.Optional(Type.String({ description: 'why a purchase was rejected: not_enough_tickets' })),
+  reason: Type.Optional(Type.String({ description: 'why a purchase was rejected: not_enough_tickets, quantity_over_limit, unprocessable or not_queued' })),
   available: Type.Optional(Type.Integer({ description: 'tickets left when a rejection was decided' })),
 }, { $id: 'PurchaseStatus' })

@@ -14,12 +14,12 @@ import Fastify from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import pg from 'pg'
 import errorHandler from '../../api/plugins/error-handler'
-import { TicketOptionNotFoundError } from '../../api/errors'
+import { TicketOptionNotFoundError } from '../../shared/error-catalogue'
 import { ErrorSchema, errorRef } from '../../api/schemas/common'
 import { CreatePurchaseSchema, NotEnoughTicketsSchema, PurchaseParamsSchema, PurchaseSchema } from '../../api/schemas/purchases'
 import { CreateTicketOptionSchema, TicketOptionParamsSchema, TicketOptionSchema } from '../../api/schemas/ticket-options'
 
-const CREATED_AT = `to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as created_at`
+const CREATED_AT = 'to_char(created_at at time zone \'UTC\', \'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\') as created_at'
 
 async function main (): Promise<void> {
   const pool = new pg.Pool({

@@ -5,32 +5,18 @@
  */
 import { Queue } from 'bullmq'
 import t from 'tap'
-import type { FastifyInstance } from 'fastify'
 import { Redis } from 'ioredis'
 import pino from 'pino'
-import { PurchaseQueues } from '../../api/purchase-queues'
-import { PurchaseService } from '../../api/purchase-service'
-import { COUNT_MAX_AGE_MS } from '../../api/queue-backpressure'
-import { purchaseQueueName } from '../../shared/queue-names'
-import { buildTestApp, configWith, createOption, setUp, startTestWorker } from '../support/app'
-import { createTestEnvironment, type Teardown } from '../support/environment'
+import { PurchaseQueues } from '../../api/purchasing/purchase-queues'
+import { PurchaseService } from '../../api/purchasing/purchase-service'
+import { COUNT_MAX_AGE_MS } from '../../api/purchasing/queue-backpressure'
+import { purchaseQueueName } from '../../shared/queues/queue-names'
+import { buildTestApp, buy, configWith, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
+import { sleep } from '../support/wait'
+import { createTestEnvironment } from '../support/environment'
 import { freePort } from '../support/free-port'
 import { startThrowawayRedis } from '../support/throwaway-redis'
 import { startSilentServer } from '../support/silent-server'
-
-const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
-
-async function buy (app: FastifyInstance, optionId: string, key?: string) {
-  const started = Date.now()
-  const res = await app.inject({
-    method: 'POST',
-    url: `/ticket_options/${optionId}/purchases`,
-    headers: key === undefined ? {} : { 'idempotency-key': key },
-    payload: { quantity: 1, user_id: USER },
-  })
-  return Object.assign(res, { tookMs: Date.now() - started })
-}
 
 async function waitingJobs (redis: Redis, prefix: string, optionId: string): Promise<number> {
   const queue = new Queue(purchaseQueueName(optionId), { connection: redis, prefix })
@@ -57,7 +43,7 @@ t.test('a full option queue answers 503 QUEUE_FULL at once and adds nothing', as
   const late = await buy(app, id)
   t.equal(late.statusCode, 503)
   t.ok(late.tookMs < 100, `answered in ${late.tookMs} ms`)
-  const keyed = await buy(app, id, 'while-full')
+  const keyed = await buy(app, id, { key: 'while-full' })
   t.equal(keyed.statusCode, 503, 'a keyed request too')
   const keys = await sql.query("select 1 from idempotency_keys where key = 'while-full'")
   t.equal(keys.rowCount, 0, 'and its key is not taken')
@@ -88,7 +74,7 @@ t.test('Redis down: purchases answer 503 within a second, reads and creates stil
   t.match(down.json(), { statusCode: 503, error: 'Service Unavailable', code: 'SERVICE_UNAVAILABLE' })
   t.equal(down.headers['retry-after'], '1')
 
-  const keyed = await buy(app, id, 'during-outage')
+  const keyed = await buy(app, id, { key: 'during-outage' })
   t.equal(keyed.statusCode, 503)
   t.ok(keyed.tookMs < 1000, `keyed answered in ${keyed.tookMs} ms`)
   const keys = await sql.query("select 1 from idempotency_keys where key = 'during-outage'")
@@ -100,12 +86,12 @@ t.test('Redis down: purchases answer 503 within a second, reads and creates stil
   const queues = new PurchaseQueues(app.redis, prefix, pino({ level: 'silent' }))
   t.teardown(async () => { await queues.close() })
   const uncapped = new PurchaseService({
-    db: app.db, queues, waiter: app.outcomeWaiter, knownOptions: app.knownOptions, waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24,
+    db: app.db, queues, waiter: app.outcomeWaiter, waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24, maxTicketsPerPurchase: 10,
   })
   const voidedCount = async (): Promise<number> => (await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and reason = 'not_queued'", [id])).rows[0].n
   const voidedBefore = await voidedCount()
   const started = Date.now()
-  await t.rejects(uncapped.purchase({ ticketOptionId: id, userId: USER, quantity: 1, requestId: 'test', idempotencyKey: 'enqueue-fails' }), { statusCode: 503, code: 'SERVICE_UNAVAILABLE' })
+  await t.rejects(uncapped.purchase({ ticketOptionId: id, userId: USER, quantity: 1, requestId: 'test' }, 'enqueue-fails'), { statusCode: 503, code: 'SERVICE_UNAVAILABLE' })
   t.ok(Date.now() - started < 1000, `failed in ${Date.now() - started} ms`)
   const released = await sql.query("select 1 from idempotency_keys where key = 'enqueue-fails'")
   t.equal(released.rowCount, 0, 'the key whose enqueue failed is let go')
@@ -120,17 +106,16 @@ t.test('Redis down: purchases answer 503 within a second, reads and creates stil
   await redisServer.start()
   let retried
   for (let i = 0; i < 100; i++) {
-    retried = await buy(app, id, 'during-outage')
+    retried = await buy(app, id, { key: 'during-outage' })
     if (retried.statusCode === 201) break
     await sleep(200)
   }
   t.equal(retried?.statusCode, 201, 'the retry with the key buys once Redis is back')
   t.equal((await app.inject({ method: 'GET', url: `/ticket_options/${id}` })).json().allocation, 8)
-  t.equal((await buy(app, id, 'enqueue-fails')).statusCode, 201, 'and so does the one whose enqueue failed')
+  t.equal((await buy(app, id, { key: 'enqueue-fails' })).statusCode, 201, 'and so does the one whose enqueue failed')
   const bought = await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and status = 'succeeded'", [id])
   t.equal(bought.rows[0].n, 3, 'the 503s bought nothing')
 })
-
 
 t.test('PostgreSQL down: creates, reads and purchases answer 503 within about 2 s', async (t) => {
   const environment = await createTestEnvironment(t)

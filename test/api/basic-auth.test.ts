@@ -1,5 +1,5 @@
 import t from 'tap'
-import { basicAuthChecker, parseBasicAuth } from '../../api/basic-auth'
+import { basicAuthChecker, parseBasicAuth } from '../../api/dashboard/basic-auth'
 
 const basic = (userPass: string): string => `Basic ${Buffer.from(userPass, 'utf8').toString('base64')}`
 

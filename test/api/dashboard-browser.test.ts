@@ -9,7 +9,7 @@ import { existsSync, mkdirSync } from 'node:fs'
 import path from 'node:path'
 import { chromium, type Browser } from 'playwright-core'
 import t from 'tap'
-import { purchaseQueueName } from '../../shared/queue-names'
+import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { createOption, setUp } from '../support/app'
 import { ROOT } from '../support/processes'
 

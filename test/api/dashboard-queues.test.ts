@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto'
 import type { BullMQAdapter } from '@bull-board/api/bullMQAdapter'
 import type { Logger } from 'pino'
 import t from 'tap'
-import { DashboardQueues } from '../../api/dashboard-queues'
-import { activeOptionsKey, purchaseQueueName } from '../../shared/queue-names'
+import { DashboardQueues } from '../../api/dashboard/dashboard-queues'
+import { activeOptionsKey, purchaseQueueName } from '../../shared/queues/queue-names'
 import { createTestEnvironment } from '../support/environment'
 
 t.test('dashboard queue list', async (t) => {

@@ -1,9 +1,10 @@
 import t from 'tap'
 import { LIST_MAX_AGE_MS } from '../../api/plugins/dashboard'
 import { ConfigError, loadConfig } from '../../shared/config'
-import { activeOptionsKey, purchaseQueueName } from '../../shared/queue-names'
-import { listActiveOptions, releaseOption } from '../../shared/queue-registry'
+import { activeOptionsKey, purchaseQueueName } from '../../shared/queues/queue-names'
+import { listActiveOptions, releaseOption } from '../../shared/queues/queue-registry'
 import { createOption, setUp } from '../support/app'
+import { sleep } from '../support/wait'
 
 const USER_ID = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 const PASSWORD = 'correct horse battery'
@@ -11,7 +12,6 @@ const CREDENTIALS = { DASHBOARD_USER: 'ops', DASHBOARD_PASSWORD: PASSWORD }
 const basic = (user: string, password: string): Record<string, string> =>
   ({ authorization: `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}` })
 const AUTH = basic('ops', PASSWORD)
-const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
 
 interface ListedQueue { name: string, displayName?: string, description?: string, readOnlyMode: boolean, allowRetries: boolean, counts: Record<string, number> }
 

@@ -1,10 +1,11 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { buildTestApp, configWith } from '../support/app'
-import { createTestEnvironment, type Teardown } from '../support/environment'
+import { createTestEnvironment } from '../support/environment'
 import { startTcpProxy } from '../support/tcp-proxy'
 import { freePort } from '../support/free-port'
 import { startSilentServer } from '../support/silent-server'
+import { timeUntil } from '../support/wait'
 
 /** Readiness must report an outage within this long (the checks time out after 1 s). */
 const FAIL_FAST_MS = 2000
@@ -14,17 +15,6 @@ async function ready (app: FastifyInstance): Promise<{ status: number, body: Rec
   const res = await app.inject({ method: 'GET', url: '/health/ready' })
   return { status: res.statusCode, body: res.json(), retryAfter: res.headers['retry-after'], ms: Date.now() - started }
 }
-
-/** Asks /health/ready until it answers `status`, or gives up after `timeoutMs`. */
-async function readyBecomes (app: FastifyInstance, status: number, timeoutMs: number): Promise<number> {
-  const started = Date.now()
-  while (Date.now() - started < timeoutMs) {
-    if ((await ready(app)).status === status) return Date.now() - started
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-  return -1
-}
-
 
 const unavailable = (dependency: RegExp) => ({
   statusCode: 503,
@@ -90,7 +80,7 @@ t.test('health routes', async (t) => {
     t.equal(answer.retryAfter, '1')
     t.ok(answer.ms < FAIL_FAST_MS, `answered in ${answer.ms} ms`)
     await redisProxy.restore()
-    const redisBack = await readyBecomes(app, 200, 10_000)
+    const redisBack = await timeUntil(async () => (await ready(app)).status === 200, 10_000)
     t.ok(redisBack >= 0, `ready again ${redisBack} ms after Redis came back`)
 
     await pgProxy.cut()
@@ -102,7 +92,7 @@ t.test('health routes', async (t) => {
     t.match((await ready(app)).body, unavailable(/^PostgreSQL \(and Redis\) is unavailable/), 'both down: both named')
     await redisProxy.restore()
     await pgProxy.restore()
-    const pgBack = await readyBecomes(app, 200, 10_000)
+    const pgBack = await timeUntil(async () => (await ready(app)).status === 200, 10_000)
     t.ok(pgBack >= 0, `ready again ${pgBack} ms after PostgreSQL came back`)
   })
 })

@@ -150,7 +150,7 @@ t.test('hostile input', async (t) => {
       ['an unknown HTTP method', 'FROB /ticket_options HTTP/1.1\r\nHost: x\r\n\r\n', 400, 'BAD_HTTP_REQUEST'],
       ['not HTTP at all', 'hello there\r\n\r\n', 400, 'BAD_HTTP_REQUEST'],
       ['headers over 16 KiB', `GET /ticket_options/${option} HTTP/1.1\r\nHost: x\r\nX-Big: ${'x'.repeat(20_000)}\r\n\r\n`, 431, 'HEADERS_TOO_LARGE'],
-      ['a bad Content-Length', `POST /ticket_options HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n`, 400, 'BAD_HTTP_REQUEST'],
+      ['a bad Content-Length', 'POST /ticket_options HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n', 400, 'BAD_HTTP_REQUEST'],
     ]
     for (const [label, request, status, code] of rawCases) {
       const answer = await rawRequest(Number(port), request)

@@ -1,7 +1,7 @@
 /**
- * Limits and abuse: BODY_LIMIT_BYTES, REQUEST_TIMEOUT_MS and
- * RATE_LIMIT_PURCHASES_PER_MINUTE (shared/config.ts, api/app.ts,
- * api/plugins/rate-limit.ts).
+ * Limits and abuse: BODY_LIMIT_BYTES, REQUEST_TIMEOUT_MS, BODY_TIMEOUT_MS,
+ * RATE_LIMIT_PURCHASES_PER_MINUTE and TRUST_PROXY (shared/config.ts,
+ * api/app.ts, api/plugins/body-deadline.ts, api/plugins/rate-limit.ts).
  */
 import net from 'node:net'
 import t from 'tap'
@@ -30,7 +30,7 @@ t.test('REQUEST_TIMEOUT_MS: a request that does not arrive in time is a 408; a p
   t.ok(slow.tookMs >= 1400 && slow.tookMs < 3500, `cut off after ${slow.tookMs} ms`)
 
   // A client that stops in the middle of its body: the idle socket is closed (connectionTimeout), nothing is answered.
-  const stalled = await slowClient(Number(port), `POST /ticket_options HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"name":`, null)
+  const stalled = await slowClient(Number(port), 'POST /ticket_options HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"name":', null)
   t.equal(stalled.answer, '')
   t.ok(stalled.tookMs >= 1400 && stalled.tookMs < 3500, `closed after ${stalled.tookMs} ms`)
 
@@ -39,6 +39,43 @@ t.test('REQUEST_TIMEOUT_MS: a request that does not arrive in time is a 408; a p
     method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ quantity: 1, user_id: USER }),
   })
   t.equal(res.status, 202)
+})
+
+t.test('BODY_TIMEOUT_MS: a body trickled a byte at a time is cut off with a 408 and its connection closed, on every route', async (t) => {
+  const { app } = await setUp(t, { worker: false, env: { BODY_TIMEOUT_MS: '600' } })
+  const option = await createOption(app, 5)
+  const { port } = new URL(await app.listen({ port: 0, host: '127.0.0.1' }))
+  for (const path of ['/ticket_options', `/ticket_options/${option}/purchases`, '/no/such/route']) {
+    // Well under REQUEST_TIMEOUT_MS (15 s here): only the body deadline can cut it off this soon.
+    const slow = await slowClient(Number(port), `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`, ' ')
+    t.match(slow.answer, /^HTTP\/1.1 408 /, path)
+    t.match(slow.answer, /\r\nconnection: close\r\n/i, `${path}: the connection is closed`)
+    t.same(JSON.parse(slow.answer.split('\r\n\r\n')[1] ?? ''), {
+      statusCode: 408, error: 'Request Timeout', message: 'The request body did not arrive within 600 ms', code: 'BODY_TIMEOUT',
+    })
+    t.ok(slow.tookMs >= 550 && slow.tookMs < 3000, `${path}: cut off after ${slow.tookMs} ms`)
+  }
+  t.equal((await app.inject({ method: 'GET', url: `/ticket_options/${option}` })).json().allocation, 5, 'nothing was bought')
+  const quick = await app.inject({ method: 'POST', url: '/ticket_options', payload: { name: 'on time', allocation: 1 } })
+  t.equal(quick.statusCode, 201, 'a body that arrives in time is read')
+})
+
+t.test('TRUST_PROXY: behind a trusted proxy the rate limit counts the clients it forwards, not the proxy', async (t) => {
+  const forwardedFor = (client: string) => ({ 'x-forwarded-for': client })
+  const buyVia = (app: Awaited<ReturnType<typeof setUp>>['app'], option: string, client: string) => app.inject({
+    method: 'POST', url: `/ticket_options/${option}/purchases`, payload: { quantity: 1, user_id: USER }, remoteAddress: '10.1.1.1', headers: forwardedFor(client),
+  })
+
+  const trusted = await setUp(t, { env: { RATE_LIMIT_PURCHASES_PER_MINUTE: '2', TRUST_PROXY: '10.0.0.0/8' } })
+  const option = await createOption(trusted.app, 100)
+  const first = [await buyVia(trusted.app, option, '203.0.113.7'), await buyVia(trusted.app, option, '203.0.113.7'), await buyVia(trusted.app, option, '203.0.113.7')]
+  t.same(first.map((r) => r.statusCode), [201, 201, 429], 'one client behind the proxy is limited')
+  t.equal((await buyVia(trusted.app, option, '198.51.100.9')).statusCode, 201, 'another client behind the same proxy is not')
+
+  const untrusted = await setUp(t, { env: { RATE_LIMIT_PURCHASES_PER_MINUTE: '2' } })
+  const other = await createOption(untrusted.app, 100)
+  const answers = [await buyVia(untrusted.app, other, '203.0.113.7'), await buyVia(untrusted.app, other, '198.51.100.9'), await buyVia(untrusted.app, other, '192.0.2.5')]
+  t.same(answers.map((r) => r.statusCode), [201, 201, 429], 'without TRUST_PROXY every client behind the proxy shares its limit')
 })
 
 t.test('RATE_LIMIT_PURCHASES_PER_MINUTE: 429 with Retry-After past the limit, per client, purchases only', async (t) => {

@@ -3,14 +3,12 @@ import { Redis } from 'ioredis'
 import pino from 'pino'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { ApiMetrics } from '../../api/api-metrics'
-import { QueueDepths } from '../../api/queue-depths'
-import { purchaseQueueName } from '../../shared/queue-names'
-import { createOption, setUp } from '../support/app'
-import type { Teardown } from '../support/environment'
+import { ApiMetrics } from '../../api/metrics/api-metrics'
+import { QueueDepths } from '../../api/metrics/queue-depths'
+import { purchaseQueueName } from '../../shared/queues/queue-names'
+import { buy, createOption, setUp } from '../support/app'
 import { startSilentServer } from '../support/silent-server'
 
-const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 const PURCHASE_ROUTE = '/ticket_options/:id/purchases'
 
 /** The value of the one sample of `name` whose labels include `labels`; undefined when none. */
@@ -38,11 +36,6 @@ async function scrape (app: FastifyInstance): Promise<string> {
   return res.body
 }
 
-async function buy (app: FastifyInstance, optionId: string, quantity = 1): Promise<number> {
-  const res = await app.inject({ method: 'POST', url: `/ticket_options/${optionId}/purchases`, payload: { quantity, user_id: USER } })
-  return res.statusCode
-}
-
 t.test('API metrics move with traffic; the worker serves its own', async (t) => {
   const { app, worker } = await setUp(t)
   const optionId = await createOption(app, 3)
@@ -55,9 +48,9 @@ t.test('API metrics move with traffic; the worker serves its own', async (t) => 
   t.ok(sample(before, 'nodejs_eventloop_lag_seconds') !== undefined, 'event loop lag')
 
   const statuses = []
-  for (let i = 0; i < 5; i++) statuses.push(await buy(app, optionId))
+  for (let i = 0; i < 5; i++) statuses.push((await buy(app, optionId)).statusCode)
   t.same(statuses, [201, 201, 201, 409, 409])
-  t.equal(await buy(app, optionId, 0), 400)
+  t.equal((await buy(app, optionId, { quantity: 0 })).statusCode, 400)
   t.equal((await app.inject({ method: 'GET', url: '/no/such/route/1' })).statusCode, 404)
   t.equal((await app.inject({ method: 'GET', url: '/no/such/route/2' })).statusCode, 404)
 
@@ -100,10 +93,10 @@ t.test('queue depths: the deepest option queues, bounded, as BullMQ counts them'
   const options = await Promise.all(Array.from({ length: 12 }, async (_, i) => await createOption(app, 10, `option ${i}`)))
   const deepest = options[0] as string
   const before = await scrape(app)
-  const answers = await Promise.all([
+  const answers = (await Promise.all([
     ...options.map(async (id) => await buy(app, id)),
     buy(app, deepest), buy(app, deepest),
-  ])
+  ])).map((res) => res.statusCode)
   t.same(answers, answers.map(() => 202))
 
   const after = await scrape(app)
@@ -121,7 +114,6 @@ t.test('queue depths: the deepest option queues, bounded, as BullMQ counts them'
   t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: deepest, state: 'waiting' }), (counts.wait ?? 0) + (counts.prioritized ?? 0), 'agrees with getJobCounts')
   t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: deepest, state: 'active' }), counts.active)
 })
-
 
 t.test('a Redis that does not answer makes a scrape report depth down, not hang', async (t) => {
   const port = await startSilentServer(t)

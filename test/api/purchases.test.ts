@@ -1,6 +1,11 @@
+import { randomUUID } from 'node:crypto'
+import { Queue } from 'bullmq'
 import t from 'tap'
 import { buildApp } from '../../api/app'
-import { createOption, setUp, startTestWorker } from '../support/app'
+import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
+import { touchOption } from '../../shared/queues/queue-registry'
+import { buy, createOption, setUp, startTestWorker } from '../support/app'
+import { waitFor } from '../support/wait'
 import { createTestEnvironment, unbalancedOptions } from '../support/environment'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
@@ -140,4 +145,45 @@ t.test('an error nobody planned for is a bare 500 without internals', async (t) 
   const res = await app.inject({ method: 'GET', url: '/boom' })
   t.equal(res.statusCode, 500)
   t.same(res.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error', code: 'INTERNAL_SERVER_ERROR' })
+})
+
+t.test('MAX_TICKETS_PER_PURCHASE: a larger purchase is a 422 at once and writes nothing; the limit itself sells', async (t) => {
+  const { app, sql, redis, prefix } = await setUp(t, { env: { MAX_TICKETS_PER_PURCHASE: '1000' } })
+  const id = await createOption(app, 1_000_000)
+  for (const quantity of [1001, 2_000_000_000]) {
+    const started = Date.now()
+    const huge = await buy(app, id, { quantity })
+    t.equal(huge.statusCode, 422, `quantity ${quantity}`)
+    t.same(huge.json(), {
+      statusCode: 422, error: 'Unprocessable Entity', message: 'At most 1000 tickets can be bought in one purchase', code: 'QUANTITY_OVER_LIMIT', requested: quantity, limit: 1000,
+    })
+    t.ok(Date.now() - started < 1000, `answered in ${Date.now() - started} ms`)
+  }
+  const queue = new Queue(purchaseQueueName(id), { connection: redis, prefix })
+  t.teardown(async () => { await queue.close() })
+  t.equal(await queue.count(), 0, 'nothing was queued')
+
+  const atLimit = await buy(app, id, { quantity: 1000 })
+  t.equal(atLimit.statusCode, 201)
+  const { rows } = await sql.query('select count(*)::int as n from tickets where ticket_option_id = $1', [id])
+  t.equal(rows[0].n, 1000)
+
+  // A job that reached the queue some other way (older code, another producer) is refused by the worker, in its turn.
+  const direct = { purchaseId: randomUUID(), ticketOptionId: id, userId: USER, quantity: 3_000_000, requestId: 'direct', enqueuedAt: Date.now() }
+  await queue.add(PURCHASE_JOB_NAME, direct, { jobId: direct.purchaseId })
+  await touchOption(redis, prefix, id)
+  const status = await waitFor(async () => (await app.inject({ method: 'GET', url: `/ticket_options/${id}/purchases/${direct.purchaseId}` })).json(), (body) => body.status !== 'pending')
+  t.match(status, { status: 'rejected', reason: 'quantity_over_limit', quantity: 3_000_000 })
+  const tickets = await sql.query('select count(*)::int as n from tickets where purchase_id = $1', [direct.purchaseId])
+  t.equal(tickets.rows[0].n, 0, 'and writes no ticket rows')
+  t.equal((await app.inject({ method: 'GET', url: `/ticket_options/${id}` })).json().allocation, 999_000)
+  t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('the default limit refuses a purchase of 2,000,000,000 tickets without queueing it', async (t) => {
+  const { app } = await setUp(t, { worker: false })
+  const id = await createOption(app, 2147483647)
+  const huge = await buy(app, id, { quantity: 2_000_000_000 })
+  t.equal(huge.statusCode, 422)
+  t.match(huge.json(), { code: 'QUANTITY_OVER_LIMIT', limit: 10_000 })
 })

@@ -12,9 +12,9 @@ import t from 'tap'
 import { buildApp } from '../../api/app'
 import type { Config } from '../../shared/config'
 import { loggerOptions } from '../../shared/logger'
-import type { PurchaseJobData } from '../../shared/purchase-job'
-import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queue-names'
-import { touchOption } from '../../shared/queue-registry'
+import type { PurchaseRequest } from '../../shared/purchases/purchase-request'
+import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
+import { touchOption } from '../../shared/queues/queue-registry'
 import { startWorker } from '../../worker/main'
 import { createOption } from '../support/app'
 import { createTestEnvironment, type Teardown } from '../support/environment'
@@ -84,7 +84,7 @@ t.test('a purchase can be followed by its request id from the API into the worke
   t.test('a job that fails is logged at error with its request id', async (t) => {
     // A job for an option that does not exist (an API never adds one) fails for good.
     const ghost = randomUUID()
-    const data: PurchaseJobData = { purchaseId: randomUUID(), ticketOptionId: ghost, userId: USER, quantity: 1, requestId: `ghost-${randomUUID()}`, enqueuedAt: Date.now() }
+    const data: PurchaseRequest = { purchaseId: randomUUID(), ticketOptionId: ghost, userId: USER, quantity: 1, requestId: `ghost-${randomUUID()}`, enqueuedAt: Date.now() }
     const queue = new Queue(purchaseQueueName(ghost), { connection: environment.redis, prefix: environment.prefix })
     t.teardown(async () => { await queue.close() })
     await queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })

@@ -95,7 +95,10 @@ t.test('ticket options routes', async (t) => {
     t.match(res.json(), { statusCode: 404, error: 'Not Found', code: 'ROUTE_NOT_FOUND' })
   })
 
-  t.test('createOption helper works', async (t) => {
-    t.ok(await createOption(app, 5))
+  t.test('the createOption helper the other tests rely on makes an option that reads back', async (t) => {
+    const id = await createOption(app, 5, 'made by the helper')
+    const read = await app.inject({ method: 'GET', url: `/ticket_options/${id}` })
+    t.equal(read.statusCode, 200)
+    t.same(read.json(), { id, name: 'made by the helper', desc: 'test', allocation: 5 })
   })
 })

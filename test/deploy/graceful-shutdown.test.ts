@@ -7,7 +7,7 @@
 import { Queue } from 'bullmq'
 import t from 'tap'
 import { Pool } from 'undici'
-import { purchaseQueueName } from '../../shared/queue-names'
+import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { createTestEnvironment, unbalancedOptions } from '../support/environment'
 import { startProcess } from '../support/processes'
 

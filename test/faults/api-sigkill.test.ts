@@ -7,7 +7,7 @@
  */
 import { Queue } from 'bullmq'
 import t from 'tap'
-import { purchaseQueueName } from '../../shared/queue-names'
+import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { createTestEnvironment } from '../support/environment'
 import { checkBooks, createOptionOver, fireBurst, getJson } from '../support/purchase-burst'
 import { startProcess } from '../support/processes'

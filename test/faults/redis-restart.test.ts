@@ -13,7 +13,7 @@
 import { Queue } from 'bullmq'
 import { Redis } from 'ioredis'
 import t from 'tap'
-import { purchaseQueueName } from '../../shared/queue-names'
+import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { createTestEnvironment } from '../support/environment'
 import { checkBooks, createOptionOver, fireBurst, settlePending, type Answer } from '../support/purchase-burst'
 import { startProcess } from '../support/processes'

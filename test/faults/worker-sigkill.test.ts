@@ -4,12 +4,12 @@
  * option's jobs is killed; its job's lock expires and the other worker takes
  * the job back (at-least-once), so the burst completes, nothing is bought
  * twice, and the option stalls for at most about LOCK_DURATION_MS +
- * STALLED_INTERVAL_MS (worker/option-queues.ts), under the 10 s design target.
+ * STALLED_INTERVAL_MS (worker/purchasing/option-queues.ts), under the 10 s design target.
  */
 import t from 'tap'
 import { Queue } from 'bullmq'
-import { purchaseQueueName } from '../../shared/queue-names'
-import { LOCK_DURATION_MS, STALLED_INTERVAL_MS } from '../../worker/option-queues'
+import { purchaseQueueName } from '../../shared/queues/queue-names'
+import { LOCK_DURATION_MS, STALLED_INTERVAL_MS } from '../../worker/purchasing/option-queues'
 import { createTestEnvironment } from '../support/environment'
 import { checkBooks, createOptionOver, fireBurst, longestGap, settlePending, withApplicationName } from '../support/purchase-burst'
 import { startProcess, type ServiceProcess } from '../support/processes'

@@ -1,5 +1,7 @@
+import path from 'node:path'
 import t from 'tap'
 import { ConfigError, loadConfig } from '../../shared/config'
+import { coverageEnv, nodeArgs } from '../support/processes'
 
 t.test('defaults work with no variables set', async (t) => {
   const config = loadConfig({})
@@ -22,6 +24,16 @@ t.test('reads and converts variables', async (t) => {
   t.equal(config.databaseUrl, 'postgresql://u:p@db:5432/x')
 })
 
+t.test('the hardening settings: body deadline, proxies, tickets per purchase', async (t) => {
+  const defaults = loadConfig({})
+  t.equal(defaults.bodyTimeoutMs, 10_000)
+  t.equal(defaults.trustProxy, false)
+  t.equal(defaults.maxTicketsPerPurchase, 10_000)
+  t.equal(loadConfig({ TRUST_PROXY: 'true' }).trustProxy, true)
+  t.equal(loadConfig({ TRUST_PROXY: '2' }).trustProxy, 2, 'a hop count')
+  t.same(loadConfig({ TRUST_PROXY: '10.0.0.0/8, 127.0.0.1,::1' }).trustProxy, ['10.0.0.0/8', '127.0.0.1', '::1'])
+})
+
 t.test('an empty variable means the default', async (t) => {
   t.equal(loadConfig({ PORT: '' }).port, 3000)
 })
@@ -38,6 +50,13 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ WORKER_BATCH_SIZE: '0' }, 'WORKER_BATCH_SIZE'],
   [{ DATABASE_POOL_SIZE: '0' }, 'DATABASE_POOL_SIZE'],
   [{ LOG_PRETTY: 'yes' }, 'LOG_PRETTY'],
+  [{ BODY_TIMEOUT_MS: '50' }, 'BODY_TIMEOUT_MS'],
+  [{ BODY_TIMEOUT_MS: 'soon' }, 'BODY_TIMEOUT_MS'],
+  [{ MAX_TICKETS_PER_PURCHASE: '0' }, 'MAX_TICKETS_PER_PURCHASE'],
+  [{ MAX_TICKETS_PER_PURCHASE: '2000000' }, 'MAX_TICKETS_PER_PURCHASE'],
+  [{ TRUST_PROXY: 'yes please' }, 'TRUST_PROXY'],
+  [{ TRUST_PROXY: '10.0.0.0/8,not-an-ip' }, 'TRUST_PROXY'],
+  [{ TRUST_PROXY: '0' }, 'TRUST_PROXY'],
 ]
 for (const [env, name] of bad) {
   t.test(`a bad ${name} stops start-up with a message naming it`, async (t) => {
@@ -50,9 +69,9 @@ for (const [env, name] of bad) {
 t.test('the entry points exit 1 naming the bad variable', async (t) => {
   const { spawnSync } = await import('node:child_process')
   for (const entry of ['api/server.ts', 'worker/main.ts', 'migrations/migrate.ts']) {
-    const run = spawnSync(process.execPath, ['--import', 'tsx', entry], {
-      cwd: `${__dirname}/../..`,
-      env: { PATH: process.env.PATH, PURCHASE_WAIT_MS: 'soon' },
+    const run = spawnSync(process.execPath, [...nodeArgs(), entry], {
+      cwd: path.resolve(__dirname, '..', '..'),
+      env: { PATH: process.env.PATH, ...coverageEnv(), PURCHASE_WAIT_MS: 'soon' },
       encoding: 'utf8',
       timeout: 30_000,
     })

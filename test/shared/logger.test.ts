@@ -6,7 +6,8 @@
 import pino from 'pino'
 import t from 'tap'
 import { ConfigError, loadConfig } from '../../shared/config'
-import { loggerOptions, redactUrl } from '../../shared/logger'
+import { loggerOptions } from '../../shared/logger'
+import { redactUrl } from '../../shared/redact-url'
 
 const DB_PASSWORD = 's3cret-db-pw'
 const REDIS_PASSWORD = 'r3dis-pw'

@@ -2,6 +2,7 @@ import t from 'tap'
 import net from 'node:net'
 import pino from 'pino'
 import { createWorkerConnection } from '../../shared/redis'
+import { waitFor } from '../support/wait'
 
 t.test('a connection stuck between connect and ready is started over', async (t) => {
   // Accepts connections and never answers: the INFO ready check waits forever.
@@ -20,8 +21,7 @@ t.test('a connection stuck between connect and ready is started over', async (t)
   t.teardown(() => { redis.disconnect() })
 
   // One stall, then a new connection (after ioredis's own retry delay, which grows with each stall).
-  const deadline = Date.now() + 10_000
-  while (accepted < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  await waitFor(() => accepted, (n) => n >= 2, 10_000)
   t.ok(accepted >= 2, `started over after the stall (${accepted} connections)`)
   t.ok(lines.some((line) => line.includes('redis connection not ready in time, reconnecting')), 'and said so')
   t.not(redis.status, 'ready')

@@ -34,6 +34,28 @@ export function configWith (environment: TestEnvironment, overrides: Record<stri
   return loadConfig({ ...environment.env, ...overrides })
 }
 
+/** The buyer of most tests. */
+export const TEST_USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
+
+export interface BuyOptions {
+  quantity?: number
+  /** sent as the Idempotency-Key header */
+  key?: string
+  userId?: string
+}
+
+/** A purchase through `app.inject`; the answer also says how long it took (`tookMs`). */
+export async function buy (app: FastifyInstance, optionId: string, { quantity = 1, key, userId = TEST_USER }: BuyOptions = {}) {
+  const started = Date.now()
+  const res = await app.inject({
+    method: 'POST',
+    url: `/ticket_options/${optionId}/purchases`,
+    headers: key === undefined ? {} : { 'idempotency-key': key },
+    payload: { quantity, user_id: userId },
+  })
+  return Object.assign(res, { tookMs: Date.now() - started })
+}
+
 /** Creates an option through the API and returns its id. */
 export async function createOption (app: FastifyInstance, allocation: number, name = 'test option'): Promise<string> {
   const res = await app.inject({ method: 'POST', url: '/ticket_options', payload: { name, desc: 'test', allocation } })

@@ -3,25 +3,14 @@
  * keep-alive), following 202s through the status route until they settle, and
  * the closing check of the books in SQL (DESIGN.md invariants 1 to 3).
  */
-import { Pool } from 'undici'
 import type pg from 'pg'
-import { NOT_QUEUED } from '../../shared/purchases'
+import { NOT_QUEUED } from '../../shared/purchases/purchase-store'
 import { unbalancedOptions } from './environment'
+import { callJson, countByStatus, runPurchases, type Answer } from './load'
+
+export type { Answer } from './load'
 
 export const FAULT_USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
-
-export interface Answer {
-  /** HTTP status, 0 when the request itself failed (connection refused or reset) */
-  status: number
-  body: Record<string, unknown>
-  /** the purchase id the client learned (201, 202, 409), if any */
-  purchaseId?: string
-  quantity: number
-  /** for a 202: what the status route finally said (`not_found`: neither recorded nor queued, its job was lost) */
-  settled?: 'succeeded' | 'rejected' | 'pending' | 'not_found'
-  /** ms since the burst started */
-  at: number
-}
 
 export interface BurstOptions {
   count: number
@@ -34,55 +23,18 @@ export interface BurstOptions {
   pauseMs?: number
 }
 
-function idOf (status: number, body: Record<string, unknown>): string | undefined {
-  const id = status === 409 ? body.purchase_id : body.id
-  return (status === 201 || status === 202 || status === 409) && typeof id === 'string' ? id : undefined
-}
-
+/** `count` purchases of one user on one option; the answers in the order they came. */
 export async function fireBurst (apiUrl: string, ticketOptionId: string, options: BurstOptions): Promise<Answer[]> {
-  const { count, concurrency, quantity = 1, onAnswer, pauseMs = 0 } = options
-  const pool = new Pool(apiUrl, { connections: concurrency, pipelining: 1, headersTimeout: 120_000, bodyTimeout: 120_000 })
-  const answers: Answer[] = []
-  const started = Date.now()
-  let next = 0
-  const payload = JSON.stringify({ quantity, user_id: FAULT_USER })
-  try {
-    await Promise.all(Array.from({ length: concurrency }, async () => {
-      while (next < count) {
-        next++
-        let answer: Answer
-        try {
-          const res = await pool.request({ method: 'POST', path: `/ticket_options/${ticketOptionId}/purchases`, headers: { 'content-type': 'application/json' }, body: payload })
-          const text = await res.body.text()
-          const body = (text === '' ? {} : JSON.parse(text)) as Record<string, unknown>
-          answer = { status: res.statusCode, body, quantity, at: Date.now() - started }
-          const purchaseId = idOf(res.statusCode, body)
-          if (purchaseId !== undefined) answer.purchaseId = purchaseId
-        } catch (err) {
-          answer = { status: 0, body: { error: String(err) }, quantity, at: Date.now() - started }
-        }
-        answers.push(answer)
-        onAnswer?.(answer, answers.length)
-        if (pauseMs > 0) await new Promise((resolve) => setTimeout(resolve, pauseMs))
-      }
-    }))
-  } finally {
-    await pool.close()
-  }
-  return answers
+  const { count, concurrency, quantity = 1, onAnswer, pauseMs } = options
+  const { answers } = await runPurchases({
+    urls: [apiUrl], total: count, concurrency, pauseMs, onAnswer, spec: () => ({ optionId: ticketOptionId, quantity, userId: FAULT_USER }),
+  })
+  return answers.sort((a, b) => a.at - b.at)
 }
 
 /** GET a JSON resource; status 0 when the request failed. */
 export async function getJson (apiUrl: string, path: string): Promise<{ status: number, body: Record<string, unknown> }> {
-  const pool = new Pool(apiUrl, { connections: 1 })
-  try {
-    const res = await pool.request({ method: 'GET', path })
-    return { status: res.statusCode, body: JSON.parse(await res.body.text()) as Record<string, unknown> }
-  } catch {
-    return { status: 0, body: {} }
-  } finally {
-    await pool.close()
-  }
+  return await callJson(apiUrl, 'GET', path)
 }
 
 /** Follows every 202 through the status route until it is no longer pending, or the time is up. */
@@ -100,15 +52,6 @@ export async function settlePending (apiUrl: string, ticketOptionId: string, ans
     }
     await new Promise((resolve) => setTimeout(resolve, 250))
   }
-}
-
-export function countByStatus (answers: readonly Answer[]): Record<string, number> {
-  const counts: Record<string, number> = {}
-  for (const a of answers) {
-    const key = a.status === 202 ? `202->${a.settled ?? 'unfollowed'}` : String(a.status)
-    counts[key] = (counts[key] ?? 0) + 1
-  }
-  return counts
 }
 
 /** The part of tap's Test the book check uses. */
@@ -186,15 +129,9 @@ export async function longestGap (sql: pg.Pool, ticketOptionId: string): Promise
 
 /** Creates an option through a running API and returns its id. */
 export async function createOptionOver (apiUrl: string, allocation: number): Promise<string> {
-  const pool = new Pool(apiUrl, { connections: 1 })
-  try {
-    const res = await pool.request({ method: 'POST', path: '/ticket_options', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'fault test', desc: '', allocation }) })
-    const body = JSON.parse(await res.body.text()) as { id: string }
-    if (res.statusCode !== 201) throw new Error(`create option answered ${res.statusCode}: ${JSON.stringify(body)}`)
-    return body.id
-  } finally {
-    await pool.close()
-  }
+  const res = await callJson(apiUrl, 'POST', '/ticket_options', { name: 'fault test', desc: '', allocation })
+  if (res.status !== 201) throw new Error(`create option answered ${res.status}: ${JSON.stringify(res.body)}`)
+  return res.body.id as string
 }
 
 /** The same database URL with an application_name, so a test can find (and terminate) one process's backends. */

@@ -8,6 +8,8 @@ import { configWith, startTestWorker } from '../support/app'
 import { createTestEnvironment } from '../support/environment'
 import { startTcpProxy } from '../support/tcp-proxy'
 import { freePort } from '../support/free-port'
+import { startProcess } from '../support/processes'
+import { timeUntil } from '../support/wait'
 
 const FAIL_FAST_MS = 2000
 
@@ -22,15 +24,6 @@ async function get (port: number, path: string, method = 'GET'): Promise<Answer>
   } finally {
     await pool.close()
   }
-}
-
-async function readyBecomes (port: number, status: number, timeoutMs: number): Promise<number> {
-  const started = Date.now()
-  while (Date.now() - started < timeoutMs) {
-    if ((await get(port, '/health/ready')).status === status) return Date.now() - started
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-  return -1
 }
 
 t.test('WORKER_HEALTH_PORT is validated and named when wrong', async (t) => {
@@ -67,12 +60,23 @@ t.test('worker health server', async (t) => {
     await t.rejects(get(worker.healthPort, '/health/live'), { code: 'ECONNREFUSED' }, 'nothing listens after close')
   })
 
-  t.test('a port already in use stops the worker with a message naming WORKER_HEALTH_PORT', async (t) => {
+  t.test('a port already in use: the worker serves its probes on a free port and says so', async (t) => {
     const blocker = net.createServer()
     await new Promise<void>((resolve) => { blocker.listen(0, '127.0.0.1', resolve) })
     t.teardown(async () => { await new Promise((resolve) => { blocker.close(resolve) }) })
     const port = (blocker.address() as net.AddressInfo).port
-    await t.rejects(startWorker(configWith(environment, { WORKER_HEALTH_PORT: String(port) }), pino({ level: 'silent' })), { message: /WORKER_HEALTH_PORT.*EADDRINUSE/ })
+    const lines: string[] = []
+    const worker = await startWorker(configWith(environment, { WORKER_HEALTH_PORT: String(port) }), pino({ level: 'warn' }, { write: (line: string) => { lines.push(line) } }))
+    t.teardown(worker.close)
+    t.not(worker.healthPort, port, 'another port')
+    t.equal((await get(worker.healthPort, '/health/ready')).status, 200, 'and it answers there')
+    const warning = lines.map((line) => JSON.parse(line) as Record<string, unknown>).find((l) => /WORKER_HEALTH_PORT is taken/.test(String(l.msg)))
+    t.match(warning, { wanted: port, port: worker.healthPort }, 'the log names the port it took')
+  })
+
+  t.test('an address it cannot bind stops the worker with a message naming WORKER_HEALTH_PORT', async (t) => {
+    // 192.0.2.1 is TEST-NET-1: never an address of this machine.
+    await t.rejects(startWorker(configWith(environment, { HOST: '192.0.2.1', WORKER_HEALTH_PORT: '3999' }), pino({ level: 'silent' })), { message: /192\.0\.2\.1:3999 \(WORKER_HEALTH_PORT\): EADDRNOTAVAIL/ })
   })
 
   t.test('ready is a fast 503 with Retry-After when PostgreSQL refuses connections; live stays 200', async (t) => {
@@ -100,7 +104,24 @@ t.test('worker health server', async (t) => {
     t.ok(down.ms < FAIL_FAST_MS, `answered in ${down.ms} ms`)
     t.equal((await get(worker.healthPort, '/health/live')).status, 200, 'still live')
     await proxy.restore()
-    const back = await readyBecomes(worker.healthPort, 200, 10_000)
+    const back = await timeUntil(async () => (await get(worker.healthPort, '/health/ready')).status === 200, 10_000)
     t.ok(back >= 0, `ready again ${back} ms after Redis came back`)
   })
+})
+
+t.test('two workers started on one host with no port configured both run', async (t) => {
+  const environment = await createTestEnvironment(t)
+  // The default WORKER_HEALTH_PORT (3001) for both, as two `npm run start:worker` would have.
+  const { WORKER_HEALTH_PORT: _unset, ...env } = environment.env
+  const first = await startProcess(t, 'worker', env)
+  const second = await startProcess(t, 'worker', env)
+  const ports = [first, second].map((w) => {
+    const line = w.output.find((l) => l.includes('worker health listening'))
+    return line === undefined ? undefined : (JSON.parse(line) as { port: number }).port
+  })
+  t.equal(ports.filter((p) => typeof p === 'number').length, 2, `both serve probes (ports ${JSON.stringify(ports)})`)
+  t.not(ports[0], ports[1], 'on ports of their own')
+  for (const port of ports) t.equal((await get(port as number, '/health/live')).status, 200)
+  t.equal(first.child.exitCode, null, 'the first still runs')
+  t.equal(second.child.exitCode, null, 'the second still runs')
 })

@@ -3,6 +3,7 @@ import pino from 'pino'
 import { createOption, setUp } from '../support/app'
 import { startKeySweeper } from '../../worker/idempotency-key-sweeper'
 import { createPool } from '../../shared/db'
+import { waitFor } from '../support/wait'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 
@@ -31,15 +32,15 @@ t.test('the timer sweeps by itself and a failure is only logged', async (t) => {
   await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, headers: { 'idempotency-key': 'old' }, payload: { quantity: 1, user_id: USER } })
   await sql.query("update idempotency_keys set expires_at = now() - interval '1 minute'")
   const db = createPool(config.databaseUrl, 2, pino({ level: 'silent' }))
-  const sweeper = startKeySweeper(db, pino({ level: 'silent' }), 50)
-  let left = 1
-  for (let i = 0; i < 100 && left > 0; i++) {
-    await new Promise((resolve) => setTimeout(resolve, 50))
-    left = (await sql.query('select count(*)::int as n from idempotency_keys')).rows[0].n
-  }
+  const lines: Array<{ level: number, msg: string, err?: { message: string } }> = []
+  const log = pino({ level: 'info' }, { write: (line: string) => { lines.push(JSON.parse(line)) } })
+  const sweeper = startKeySweeper(db, log, 50)
+  const left = await waitFor(async () => (await sql.query('select count(*)::int as n from idempotency_keys')).rows[0].n as number, (n) => n === 0, 5000)
   t.equal(left, 0, 'swept by the timer')
+  t.match(lines.find((l) => l.msg === 'expired idempotency keys deleted'), { level: 30, deleted: 1 }, 'and said how many')
   await db.end() // every later sweep fails: it must not throw out of the timer
-  await new Promise((resolve) => setTimeout(resolve, 200))
+  const failures = await waitFor(() => lines.filter((l) => l.msg === 'could not delete expired idempotency keys'), (f) => f.length >= 2, 5000)
   await sweeper.stop()
-  t.pass('the process survived failing sweeps')
+  t.ok(failures.length >= 2, `the timer kept running and warned on each failed sweep (${failures.length})`)
+  t.match(failures[0], { level: 40, err: { message: /pool/i } }, 'with the reason')
 })

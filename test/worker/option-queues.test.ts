@@ -2,7 +2,7 @@ import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { Queue } from 'bullmq'
 import { createOption, setUp, startTestWorker } from '../support/app'
-import { PURCHASE_JOB_NAME, activeOptionsKey, purchaseQueueName } from '../../shared/queue-names'
+import { PURCHASE_JOB_NAME, activeOptionsKey, purchaseQueueName } from '../../shared/queues/queue-names'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 

@@ -1,26 +1,23 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { Queue, QueueEvents } from 'bullmq'
-import { createOption, setUp, startTestWorker } from '../support/app'
+import type pg from 'pg'
+import pino from 'pino'
+import { configWith, createOption, setUp, startTestWorker } from '../support/app'
 import { unbalancedOptions, type Teardown } from '../support/environment'
+import { withApplicationName } from '../support/purchase-burst'
+import { sleep, waitFor } from '../support/wait'
+import { startWorker } from '../../worker/main'
+import { STUCK_RETRY_MS } from '../../worker/purchasing/purchase-processor'
 import type { Redis } from 'ioredis'
-import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queue-names'
-import { touchOption } from '../../shared/queue-registry'
-import type { PurchaseJobData } from '../../shared/purchase-job'
+import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
+import { touchOption } from '../../shared/queues/queue-registry'
+import type { PurchaseRequest } from '../../shared/purchases/purchase-request'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 
-function job (ticketOptionId: string, quantity: number): PurchaseJobData {
+function job (ticketOptionId: string, quantity: number): PurchaseRequest {
   return { purchaseId: randomUUID(), ticketOptionId, userId: USER, quantity, requestId: `req-${randomUUID()}`, enqueuedAt: Date.now() }
-}
-
-async function waitFor<T> (read: () => Promise<T>, done: (value: T) => boolean, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await read()
-    if (done(value) || Date.now() > deadline) return value
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
 }
 
 for (const batchSize of ['1', '100']) {
@@ -39,7 +36,7 @@ for (const batchSize of ['1', '100']) {
     await startTestWorker(t, config)
     const rows = await waitFor(
       async () => (await sql.query('select id, status from purchases where ticket_option_id = $1 order by seq', [id])).rows,
-      (r) => r.length === jobs.length,
+      (r) => r.length === jobs.length
     )
     t.same(rows.map((r: { id: string }) => r.id), jobs.map((j) => j.purchaseId), 'applied in the order enqueued')
     t.same(rows.map((r: { status: string }) => r.status), [
@@ -97,4 +94,93 @@ t.test('a job with broken data fails without retrying and buys nothing', async (
   t.equal(failed?.attemptsMade, 1, 'an unrecoverable job is not retried')
   const { rows } = await sql.query('select count(*)::int as n from purchases')
   t.equal(rows[0].n, 0)
+})
+
+/** Jobs added straight to the option's queue (as older code or another producer could), in this order. */
+async function enqueueDirectly (t: Teardown, redis: Redis, prefix: string, ticketOptionId: string, jobs: PurchaseRequest[]): Promise<Queue> {
+  const queue = new Queue(purchaseQueueName(ticketOptionId), { connection: redis, prefix })
+  t.teardown(async () => { await queue.close() })
+  await queue.setGlobalConcurrency(1)
+  for (const data of jobs) await queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })
+  await touchOption(redis, prefix, ticketOptionId)
+  return queue
+}
+
+async function appliedInOrder (sql: pg.Pool, ticketOptionId: string, count: number, timeoutMs = 15_000) {
+  return await waitFor(
+    async () => (await sql.query<{ id: string, status: string, reason: string | null }>('select id, status, reason from purchases where ticket_option_id = $1 order by seq', [ticketOptionId])).rows,
+    (rows) => rows.length >= count,
+    timeoutMs
+  )
+}
+
+for (const batchSize of ['1', '100']) {
+  t.test(`a purchase PostgreSQL refuses is recorded as rejected in its turn, and nothing overtakes it (batch size ${batchSize})`, async (t) => {
+    const { app, sql, config, redis, prefix } = await setUp(t, { worker: false, env: { WORKER_BATCH_SIZE: batchSize } })
+    const id = await createOption(app, 10)
+    // A NUL byte is valid JSON and passes the job schema, but PostgreSQL refuses it in text (22021): not an outage.
+    const refused = { ...job(id, 2), requestId: 'bad\u0000byte' }
+    const jobs = [job(id, 1), refused, job(id, 3), job(id, 1)]
+    await enqueueDirectly(t, redis, prefix, id, jobs)
+    await startTestWorker(t, config)
+
+    const rows = await appliedInOrder(sql, id, jobs.length)
+    t.same(rows.map((r) => r.id), jobs.map((j) => j.purchaseId), 'recorded in the order enqueued')
+    t.same(rows.map((r) => [r.status, r.reason]), [['succeeded', null], ['rejected', 'unprocessable'], ['succeeded', null], ['succeeded', null]])
+    t.equal((await sql.query('select allocation from ticket_options where id = $1', [id])).rows[0].allocation, 5, 'the refused one took nothing')
+    t.same(await unbalancedOptions(sql), [])
+  })
+}
+
+t.test('a purchase whose retries run out while PostgreSQL is unreachable goes back to the head of its queue', async (t) => {
+  const environment = await setUp(t, { worker: false })
+  const { app, sql, redis, prefix, databaseUrl } = environment
+  const id = await createOption(app, 10)
+  // Hold the option's row: the worker's first transaction waits on it until its backend is terminated.
+  const locker = await sql.connect()
+  t.teardown(() => { locker.release() })
+  await locker.query('begin')
+  await locker.query('select 1 from ticket_options where id = $1 for update', [id])
+
+  const jobs = [job(id, 1), job(id, 2), job(id, 3)]
+  await enqueueDirectly(t, redis, prefix, id, jobs)
+  const worker = configWith(environment, {
+    WORKER_BATCH_SIZE: '1',
+    // No retry in place: the first outage hands the job back at once.
+    WORKER_DB_RETRY_MS: '0',
+    DATABASE_URL: withApplicationName(databaseUrl, 'order-test-worker'),
+  })
+  await startTestWorker(t, worker)
+  const blocked = async (): Promise<number[]> => (await sql.query<{ pid: number }>(
+    "select pid from pg_stat_activity where application_name = 'order-test-worker' and wait_event_type = 'Lock'")).rows.map((r) => r.pid)
+  const pids = await waitFor(blocked, (p) => p.length > 0)
+  t.equal(pids.length, 1, 'the worker waits for the row')
+  // 57P01 (admin shutdown): an outage as the worker sees it.
+  await sql.query('select pg_terminate_backend($1)', [pids[0]])
+  t.ok((await waitFor(blocked, (p) => p.length > 0 && p[0] !== pids[0])).length > 0, 'taken again at once, from the head')
+  await locker.query('commit')
+
+  const rows = await appliedInOrder(sql, id, jobs.length)
+  t.same(rows.map((r) => r.id), jobs.map((j) => j.purchaseId), 'applied in the order enqueued')
+  t.same(rows.map((r) => r.status), ['succeeded', 'succeeded', 'succeeded'])
+  t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('a purchase that can be neither applied nor recorded stops its queue, visibly, instead of being overtaken', async (t) => {
+  const { app, sql, config, redis, prefix } = await setUp(t, { worker: false })
+  const id = await createOption(app, 10)
+  // 10^16 ms is past PostgreSQL's last timestamp (22008): neither the purchase nor its rejection can be written.
+  const stuck = { ...job(id, 1), enqueuedAt: 1e16 }
+  const behind = job(id, 1)
+  const queue = await enqueueDirectly(t, redis, prefix, id, [stuck, behind])
+  const lines: string[] = []
+  const worker = await startWorker(config, pino({ level: 'error' }, { write: (line: string) => { lines.push(line) } }))
+  t.teardown(worker.close)
+
+  const logged = await waitFor(() => lines.filter((l) => l.includes('can be neither applied nor recorded')), (l) => l.length > 0)
+  t.equal(logged.length > 0, true, 'an error says the queue waits for the purchase')
+  t.match(JSON.parse(logged[0] as string), { level: 50, reqId: stuck.requestId, ticketOptionId: id })
+  await sleep(STUCK_RETRY_MS + 500)
+  t.same((await sql.query('select id from purchases where ticket_option_id = $1', [id])).rows, [], 'the purchase behind it was not applied first')
+  t.equal(await queue.getJobState(behind.purchaseId), 'waiting', 'and still waits its turn')
 })

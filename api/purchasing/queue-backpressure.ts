@@ -55,6 +55,12 @@ export class QueueBackpressure {
     this.capacity = options.capacity ?? 10_000
   }
 
+  /** Whether the option's queue is full now; takes no place. Throws when the count cannot be read. */
+  async isFull (ticketOptionId: string): Promise<boolean> {
+    const count = await this.fresh(ticketOptionId)
+    return count.waiting + count.inFlight >= this.options.maxWaiting
+  }
+
   /** A place in the option's queue, or null when it is full. Throws when the count cannot be read. */
   async reserve (ticketOptionId: string): Promise<QueueSlot | null> {
     const count = await this.fresh(ticketOptionId)

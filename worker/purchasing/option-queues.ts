@@ -15,11 +15,11 @@ import os from 'node:os'
 import { Queue, Worker } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import type { Config } from '../shared/config'
-import type { Db } from '../shared/db'
-import { PURCHASE_JOB_NAME, purchaseQueueName, queueWakeupChannel } from '../shared/queue-names'
-import { listActiveOptions, releaseOption } from '../shared/queue-registry'
-import type { WorkerMetrics } from './metrics'
+import type { Config } from '../../shared/config'
+import type { Db } from '../../shared/db'
+import { PURCHASE_JOB_NAME, purchaseQueueName, queueWakeupChannel } from '../../shared/queues/queue-names'
+import { listActiveOptions, releaseOption } from '../../shared/queues/queue-registry'
+import type { WorkerMetrics } from '../monitoring/metrics'
 import { createPurchaseProcessor, RecentOutcomes } from './purchase-processor'
 
 /**
@@ -79,7 +79,7 @@ export class OptionQueues {
     subscriber.on('message', (channel: string, ticketOptionId: string) => {
       if (channel === queueWakeupChannel(config.queuePrefix)) this.ensure(ticketOptionId)
     })
-    // Again on every ready, as the API's outcome subscriber does (api/outcome-waiter.ts);
+    // Again on every ready, as the API's outcome subscriber does (api/purchasing/outcome-waiter.ts);
     // the rescan finds queues meanwhile, so a lost subscription only delays wake-ups.
     subscriber.on('ready', () => {
       if (this.closing) return
@@ -158,6 +158,7 @@ export class OptionQueues {
       publisher: connection,
       prefix: config.queuePrefix,
       batchSize: config.workerBatchSize,
+      maxTicketsPerPurchase: config.maxTicketsPerPurchase,
       dbRetryMs: config.workerDbRetryMs,
       log: queueLog,
       isClosing: () => this.closing,

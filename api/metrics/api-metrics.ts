@@ -8,7 +8,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { Logger } from 'pino'
-import type { PurchaseObserver } from './purchase-service'
+import type { PurchaseObserver } from '../purchasing/purchase-service'
 import { QUEUE_STATES, type QueueDepths } from './queue-depths'
 
 /** The route label of requests that matched no route: one label, whatever the URL, so labels stay bounded. */

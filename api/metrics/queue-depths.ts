@@ -3,7 +3,7 @@
  * GET /metrics. Read on scrape only, never per request, and bounded three ways
  * so that neither Redis nor Prometheus suffers in a sale with many options:
  * only the `scanned` most recently used options of the registry of active
- * options (shared/queue-registry.ts) are read, in one pipelined round trip;
+ * options (shared/queues/queue-registry.ts) are read, in one pipelined round trip;
  * only the `top` deepest of them get a series of their own (the label set
  * stays small); and the read gives up after `timeoutMs`, so a Redis outage
  * makes /metrics report `purchase_queue_depth_up 0` instead of hanging.
@@ -14,7 +14,7 @@
  */
 import { QueueKeys } from 'bullmq'
 import type { Redis } from 'ioredis'
-import { activeOptionsKey, purchaseQueueName } from '../shared/queue-names'
+import { activeOptionsKey, purchaseQueueName } from '../../shared/queues/queue-names'
 
 /** Most recently used options read per scrape: one pipelined round trip of 4 small commands each. */
 export const QUEUE_DEPTH_SCANNED = 200

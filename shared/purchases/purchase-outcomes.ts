@@ -5,8 +5,8 @@
  * recorded outcome from PostgreSQL before it answers 202.
  */
 import type { Redis } from 'ioredis'
-import { purchaseOutcomesChannel } from './queue-names'
-import type { PurchaseRecord } from './purchases'
+import { purchaseOutcomesChannel } from '../queues/queue-names'
+import type { PurchaseRecord } from './purchase-store'
 
 export async function publishOutcomes (redis: Redis, prefix: string, outcomes: readonly PurchaseRecord[]): Promise<void> {
   if (outcomes.length === 0) return

@@ -1,6 +1,6 @@
 /**
  * Which queues the dashboard shows: the option queues in the registry of
- * active options (shared/queue-registry.ts), the most recently used first and
+ * active options (shared/queues/queue-registry.ts), the most recently used first and
  * at most `maxQueues` of them, each labelled with its option's name from
  * PostgreSQL. Options the workers let go (no longer registered) drop out, and
  * their Queue objects are closed.
@@ -14,8 +14,8 @@ import { BullMQAdapter } from '@bull-board/api/bullMQAdapter'
 import { Queue } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import { purchaseQueueName } from '../shared/queue-names'
-import { listActiveOptions } from '../shared/queue-registry'
+import { purchaseQueueName } from '../../shared/queues/queue-names'
+import { listActiveOptions } from '../../shared/queues/queue-registry'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 

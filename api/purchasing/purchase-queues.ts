@@ -7,9 +7,9 @@
 import { Queue } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import type { PurchaseJobData } from '../shared/purchase-job'
-import { PURCHASE_JOB_NAME, purchaseQueueName } from '../shared/queue-names'
-import { touchOption } from '../shared/queue-registry'
+import type { PurchaseRequest } from '../../shared/purchases/purchase-request'
+import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
+import { touchOption } from '../../shared/queues/queue-registry'
 
 // Touching the registry more often than this per option only repeats work;
 // it must stay far below WORKER_QUEUE_IDLE_MS so a registration never lapses while in use.
@@ -31,7 +31,7 @@ export class PurchaseQueues {
     private readonly redis: Redis,
     private readonly prefix: string,
     private readonly log: Logger,
-    private readonly maxOpen = 1000,
+    private readonly maxOpen = 1000
   ) {
     // A Redis restarted without its data (no AOF) forgets each queue's global
     // concurrency and the registry: set them again on every reconnect, before
@@ -82,7 +82,7 @@ export class PurchaseQueues {
   }
 
   /** Adds the purchase job (job id = purchase id). Throws when Redis is unavailable. */
-  async enqueue (data: PurchaseJobData): Promise<void> {
+  async enqueue (data: PurchaseRequest): Promise<void> {
     const entry = this.get(data.ticketOptionId)
     await entry.ready
     const now = Date.now()

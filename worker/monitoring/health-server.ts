@@ -3,19 +3,18 @@
  * process is up) and GET /health/ready (PostgreSQL and Redis answer; 503 with
  * Retry-After otherwise), with the same bodies as the API's routes
  * (api/routes/health.ts). Plain node:http: the worker has no Fastify.
- * It listens on WORKER_HEALTH_PORT (0 = a free port) and logs the port it bound.
- * It also serves GET /metrics (Prometheus text, worker/metrics.ts).
+ * It listens on WORKER_HEALTH_PORT (0 = a free port; a free one too when the
+ * port is taken by another worker) and logs the port it bound.
+ * It also serves GET /metrics (Prometheus text, worker/monitoring/metrics.ts).
  */
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import type { Db } from '../shared/db'
-import { checkReadiness, isReady, unavailableDependencies } from '../shared/health-checks'
+import type { Db } from '../../shared/db'
+import { catalogueBody, RETRY_AFTER_SECONDS } from '../../shared/error-catalogue'
+import { checkReadiness, isReady, unavailableDependencies } from '../../shared/health-checks'
 import type { WorkerMetrics } from './metrics'
-
-/** Seconds a prober should wait before asking again after a 503 (as the API says). */
-const RETRY_AFTER_SECONDS = 1
 
 export interface HealthServerOptions {
   host: string
@@ -23,7 +22,7 @@ export interface HealthServerOptions {
   db: Db
   redis: Redis
   log: Logger
-  /** serves GET /metrics (worker/metrics.ts) when given */
+  /** serves GET /metrics (worker/monitoring/metrics.ts) when given */
   metrics?: Pick<WorkerMetrics, 'exposition'>
 }
 
@@ -45,6 +44,13 @@ function send (res: http.ServerResponse, status: number, body: unknown, headers:
   res.end(text)
 }
 
+async function listen (server: http.Server, port: number, host: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host, () => { server.off('error', reject); resolve() })
+  })
+}
+
 export async function startHealthServer (options: HealthServerOptions): Promise<HealthServer> {
   const { host, port, db, redis, log, metrics } = options
 
@@ -63,31 +69,31 @@ export async function startHealthServer (options: HealthServerOptions): Promise<
       if (isReady(readiness)) return send(res, 200, { status: 'ok', checks: { postgres: 'ok', redis: 'ok' } })
       const down = unavailableDependencies(readiness)
       log.warn({ readiness }, 'worker not ready')
-      return send(res, 503, {
-        statusCode: 503,
-        error: 'Service Unavailable',
-        message: `${down} is unavailable, try again shortly`,
-        code: 'SERVICE_UNAVAILABLE',
-      }, { 'retry-after': String(RETRY_AFTER_SECONDS) })
+      return send(res, 503, catalogueBody('SERVICE_UNAVAILABLE', [down]), { 'retry-after': String(RETRY_AFTER_SECONDS) })
     }
-    send(res, 404, { statusCode: 404, error: 'Not Found', message: `Route ${method} ${path} not found`, code: 'ROUTE_NOT_FOUND' })
+    send(res, 404, catalogueBody('ROUTE_NOT_FOUND', [method, path]))
   }
 
   const server = http.createServer((req, res) => {
     handle(req, res).catch((err: unknown) => {
       log.error({ err }, 'health request failed')
-      if (!res.headersSent) send(res, 500, { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error', code: 'INTERNAL_SERVER_ERROR' })
+      if (!res.headersSent) send(res, 500, catalogueBody('INTERNAL_SERVER_ERROR'))
     })
   })
   server.requestTimeout = 5000
 
-  await new Promise<void>((resolve, reject) => {
-    const onError = (err: NodeJS.ErrnoException): void => {
-      reject(new Error(`worker health server cannot listen on ${host}:${port} (WORKER_HEALTH_PORT): ${err.code ?? err.message}`))
+  try {
+    await listen(server, port, host)
+  } catch (err) {
+    // A second worker on the same host (two `npm run start:worker`, or replicas
+    // sharing a network) finds the port taken: it serves on a free port instead
+    // of crashing, and says which. Probes of the first keep their port.
+    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || port === 0) {
+      throw new Error(`worker health server cannot listen on ${host}:${port} (WORKER_HEALTH_PORT): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
     }
-    server.once('error', onError)
-    server.listen(port, host, () => { server.off('error', onError); resolve() })
-  })
+    await listen(server, 0, host)
+    log.warn({ host, wanted: port, port: (server.address() as AddressInfo).port }, 'WORKER_HEALTH_PORT is taken (another worker on this host?); health and metrics listen on a free port instead')
+  }
   const bound = (server.address() as AddressInfo).port
   log.info({ host, port: bound }, 'worker health listening')
 

@@ -1,6 +1,6 @@
 /**
  * The worker's Prometheus metrics, served at GET /metrics on its small HTTP
- * server (worker/health-server.ts, WORKER_HEALTH_PORT). One Registry per
+ * server (worker/monitoring/health-server.ts, WORKER_HEALTH_PORT). One Registry per
  * worker, not prom-client's global one, so tests that start several workers
  * in one process do not collide. Instruments are updated in memory only: no
  * Redis or PostgreSQL call is made for metrics.

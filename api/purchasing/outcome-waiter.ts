@@ -5,9 +5,9 @@
  */
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import { purchaseOutcomesChannel } from '../shared/queue-names'
-import { parseOutcomes } from '../shared/purchase-outcomes'
-import type { PurchaseRecord } from '../shared/purchases'
+import { purchaseOutcomesChannel } from '../../shared/queues/queue-names'
+import { parseOutcomes } from '../../shared/purchases/purchase-outcomes'
+import type { PurchaseRecord } from '../../shared/purchases/purchase-store'
 
 export interface OutcomeWait {
   /** the outcome, or null when none arrived within the time limit */
@@ -45,7 +45,6 @@ export class OutcomeWaiter {
     })
     await this.subscriber.subscribe(this.channel)
   }
-
 
   wait (purchaseId: string, timeoutMs: number): OutcomeWait {
     let resolver!: Resolver

@@ -1,0 +1,14 @@
+// The Fastify family's lint config (STYLE.md "Tooling"); it also formats.
+'use strict'
+module.exports = [
+  ...require('neostandard')({
+    ts: true,
+    ignores: ['dist/**', '.tap/**', '.data/**', 'coverage/**'],
+  }),
+  {
+    rules: {
+      // `void promise` marks a promise left running on purpose; as an expression `void` stays refused.
+      'no-void': ['error', { allowAsStatement: true }],
+    },
+  },
+]
