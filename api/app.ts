@@ -22,10 +22,14 @@ import rateLimit from './plugins/rate-limit'
 import healthRoutes from './routes/health'
 import metricsRoutes from './routes/metrics'
 import purchaseRoutes from './routes/purchases'
+import reservationRoutes from './routes/reservations'
 import ticketOptionRoutes from './routes/ticket-options'
 import { ErrorSchema } from './schemas/common'
-import { NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseRefusedSchema, PurchaseSchema, PurchaseStatusSchema } from './schemas/purchases'
-import { TicketOptionSchema } from './schemas/ticket-options'
+import {
+  CancelledPurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseRefusedSchema, PurchaseSchema, PurchaseStatusSchema, StateConflictSchema,
+} from './schemas/purchases'
+import { PendingReservationSchema, ReservationSchema } from './schemas/reservations'
+import { LedgerSchema, TicketOptionSchema } from './schemas/ticket-options'
 
 /** How often Node looks for requests past REQUEST_TIMEOUT_MS (ms). */
 const REQUEST_TIMEOUT_CHECK_MS = 500
@@ -75,7 +79,10 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
 
   app.addHook('onRequest', async (request, reply) => { reply.header('x-request-id', request.id) })
 
-  for (const schema of [ErrorSchema, TicketOptionSchema, PurchaseSchema, NotEnoughTicketsSchema, PurchaseRefusedSchema, PendingPurchaseSchema, PurchaseStatusSchema]) {
+  for (const schema of [
+    ErrorSchema, TicketOptionSchema, LedgerSchema, PurchaseSchema, CancelledPurchaseSchema, NotEnoughTicketsSchema, PurchaseRefusedSchema,
+    StateConflictSchema, PendingPurchaseSchema, PurchaseStatusSchema, ReservationSchema, PendingReservationSchema,
+  ]) {
     app.addSchema(schema)
   }
 
@@ -92,6 +99,7 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
 
   await app.register(ticketOptionRoutes)
   await app.register(purchaseRoutes)
+  await app.register(reservationRoutes)
   await app.register(healthRoutes)
   await app.register(metricsRoutes)
 

@@ -67,9 +67,16 @@ export const EnvSchema = Type.Object({
    * comma-separated addresses/CIDRs such as `10.0.0.0/8,127.0.0.1`.
    */
   TRUST_PROXY: Type.String({ pattern: '^[0-9A-Za-z.:/, ]{1,1000}$', default: 'false' }),
-  /** Most tickets one purchase may buy; a larger quantity is a 422 QUANTITY_OVER_LIMIT (each ticket is a row). */
-  MAX_TICKETS_PER_PURCHASE: Int('10000'),
+  /** How often a worker expires holds past their time (ms); a hold's tickets are back within this plus a transaction. */
+  HOLD_SWEEP_MS: Int('1000'),
+  /** How often the API checks the ledger of recently active options (ms); an imbalance is logged and counted in /metrics. */
+  RECONCILE_INTERVAL_MS: Int('30000'),
 })
+
+/** Settings that no longer exist, and what to do instead: a process started with one stops and says so. */
+const OBSOLETE: Record<string, string> = {
+  MAX_TICKETS_PER_PURCHASE: 'a purchase now costs the same whatever its quantity, so there is no service-wide cap; set max_per_purchase on the options that need one (API.md "Limits")',
+}
 export type Env = Static<typeof EnvSchema>
 
 export interface Config {
@@ -99,7 +106,8 @@ export interface Config {
   readonly bodyTimeoutMs: number
   /** Fastify's trustProxy */
   readonly trustProxy: TrustProxy
-  readonly maxTicketsPerPurchase: number
+  readonly holdSweepMs: number
+  readonly reconcileIntervalMs: number
 }
 
 /** Fastify's `trustProxy`: trust none, all, this many hops, or these addresses and ranges. */
@@ -178,6 +186,9 @@ function shownValue (name: string, raw: string | undefined): string {
 
 /** Reads and validates the environment; throws a ConfigError naming the first bad variable. */
 export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
+  for (const [name, instead] of Object.entries(OBSOLETE)) {
+    if (source[name] !== undefined && source[name] !== '') throw new ConfigError(`${name} is no longer used: ${instead}`)
+  }
   const known: Record<string, string> = {}
   for (const key of Object.keys(EnvSchema.properties)) {
     const raw = source[key]
@@ -213,7 +224,8 @@ export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
     rateLimitPurchasesPerMinute: intIn(env, 'RATE_LIMIT_PURCHASES_PER_MINUTE', 0, 1_000_000),
     bodyTimeoutMs: intIn(env, 'BODY_TIMEOUT_MS', 100, 600_000),
     trustProxy: trustProxy(env),
-    maxTicketsPerPurchase: intIn(env, 'MAX_TICKETS_PER_PURCHASE', 1, 1_000_000),
+    holdSweepMs: intIn(env, 'HOLD_SWEEP_MS', 100, 60_000),
+    reconcileIntervalMs: intIn(env, 'RECONCILE_INTERVAL_MS', 1000, 86_400_000),
   } satisfies Config)
 }
 

@@ -13,7 +13,7 @@
  */
 import { STATUS_CODES } from 'node:http'
 import createError from '@fastify/error'
-import type { RejectionReason } from './purchases/purchase-store'
+import type { RejectionReason } from './purchases/sale-store'
 
 interface CatalogueEntry {
   readonly status: number
@@ -30,15 +30,23 @@ export const ERRORS = {
   DASHBOARD_READ_ONLY: { status: 403, message: 'The queue dashboard is read-only; %s is refused' },
   TICKET_OPTION_NOT_FOUND: { status: 404, message: 'Ticket option %s not found' },
   PURCHASE_NOT_FOUND: { status: 404, message: 'Purchase %s not found' },
+  RESERVATION_NOT_FOUND: { status: 404, message: 'Reservation %s not found' },
   ROUTE_NOT_FOUND: { status: 404, message: 'Route %s %s not found' },
   /** Node's REQUEST_TIMEOUT_MS: the request (headers and body) did not arrive in time */
   REQUEST_TIMEOUT: { status: 408, message: 'The request did not arrive in time' },
   /** BODY_TIMEOUT_MS: the body was trickled in too slowly */
   BODY_TIMEOUT: { status: 408, message: 'The request body did not arrive within %s ms' },
   NOT_ENOUGH_TICKETS: { status: 409, message: 'Not enough tickets: requested %s, available %s' },
+  /** max_per_user: succeeded purchases plus active holds of one user */
+  USER_LIMIT_REACHED: { status: 409, message: 'A user may buy or hold at most %s tickets of this option; this user has %s' },
+  /** confirming or releasing a hold that is no longer held */
+  RESERVATION_NOT_ACTIVE: { status: 409, message: 'The reservation is %s, no longer held' },
+  /** cancelling a purchase that did not succeed, or is still pending */
+  NOT_CANCELLABLE: { status: 409, message: 'The purchase is %s and cannot be cancelled' },
   FST_ERR_MAX_PARAM_LENGTH: { status: 414, message: 'A path segment of the URL is too long' },
   IDEMPOTENCY_KEY_REUSED: { status: 422, message: 'This Idempotency-Key was already used with a different request body' },
-  QUANTITY_OVER_LIMIT: { status: 422, message: 'At most %s tickets can be bought in one purchase' },
+  /** max_per_purchase of the option */
+  QUANTITY_OVER_LIMIT: { status: 422, message: 'At most %s tickets can be bought or held at once' },
   /** the worker could not apply it (data PostgreSQL refuses); recorded as rejected in its turn */
   PURCHASE_UNPROCESSABLE: { status: 422, message: 'This purchase could not be applied; nothing was bought' },
   RATE_LIMITED: { status: 429, message: 'Too many purchase requests, retry in %s' },
@@ -89,6 +97,7 @@ function thrown<Args extends unknown[] = []> (code: ErrorCode) {
 
 export const TicketOptionNotFoundError = thrown<[string]>('TICKET_OPTION_NOT_FOUND')
 export const PurchaseNotFoundError = thrown<[string]>('PURCHASE_NOT_FOUND')
+export const ReservationNotFoundError = thrown<[string]>('RESERVATION_NOT_FOUND')
 export const IdempotencyKeyReusedError = thrown('IDEMPOTENCY_KEY_REUSED')
 export const RateLimitedError = thrown<[string]>('RATE_LIMITED')
 /** A dependency (PostgreSQL or Redis) is down; nothing was bought; answered with Retry-After. */
@@ -101,37 +110,57 @@ export const BodyTimeoutError = thrown<[number]>('BODY_TIMEOUT')
 export const REJECTION_CODES: Readonly<Record<RejectionReason, ErrorCode>> = {
   not_enough_tickets: 'NOT_ENOUGH_TICKETS',
   quantity_over_limit: 'QUANTITY_OVER_LIMIT',
+  user_limit_reached: 'USER_LIMIT_REACHED',
   unprocessable: 'PURCHASE_UNPROCESSABLE',
-  // A purchase voided after an ambiguous enqueue failure: the API answered 503 for it.
+  // A request voided after an ambiguous enqueue failure: the API answered 503 for it.
   not_queued: 'SERVICE_UNAVAILABLE',
 }
 
-export interface RejectedPurchase {
+/** A purchase or hold the worker rejected, as recorded. */
+export interface Rejected {
   id: string
   quantity: number
   reason: string | null
   /** tickets left when it was decided */
   available: number | null
+  /** for user_limit_reached: the user's tickets when it was decided */
+  used: number | null
+}
+
+/** The option's limits, which QUANTITY_OVER_LIMIT and USER_LIMIT_REACHED name. */
+export interface OptionLimits {
+  maxPerPurchase: number | null
+  maxPerUser: number | null
 }
 
 /**
- * The answer to a purchase the worker rejected, by its reason: the status
- * and body (with the fields a client needs to decide what to do next).
- * `limit` is MAX_TICKETS_PER_PURCHASE.
+ * The answer to a purchase or hold the worker rejected, by its reason: the
+ * status and body, with the fields a client needs to decide what to do next.
+ * `idField` names the rejected record: `purchase_id` or `reservation_id`.
  */
-export function rejectionBody (purchase: RejectedPurchase, limit: number): ErrorBody {
-  const code = REJECTION_CODES[purchase.reason as RejectionReason] ?? 'PURCHASE_UNPROCESSABLE'
-  const ids = { purchase_id: purchase.id }
+export function rejectionBody (rejected: Rejected, limits: OptionLimits, idField: 'purchase_id' | 'reservation_id' = 'purchase_id'): ErrorBody {
+  const code = REJECTION_CODES[rejected.reason as RejectionReason] ?? 'PURCHASE_UNPROCESSABLE'
+  const ids = { [idField]: rejected.id }
   switch (code) {
     case 'NOT_ENOUGH_TICKETS': {
-      const available = purchase.available ?? 0
-      return catalogueBody(code, [purchase.quantity, available], { requested: purchase.quantity, available, ...ids })
+      const available = rejected.available ?? 0
+      return catalogueBody(code, [rejected.quantity, available], { requested: rejected.quantity, available, ...ids })
     }
     case 'QUANTITY_OVER_LIMIT':
-      return catalogueBody(code, [limit], { requested: purchase.quantity, limit, ...ids })
+      return quantityOverLimit(rejected.quantity, limits.maxPerPurchase ?? 0, ids)
+    case 'USER_LIMIT_REACHED': {
+      const limit = limits.maxPerUser ?? 0
+      const used = rejected.used ?? 0
+      return catalogueBody(code, [limit, used], { requested: rejected.quantity, limit, used, ...ids })
+    }
     case 'SERVICE_UNAVAILABLE':
       return catalogueBody(code, ['The purchase queue'], ids)
     default:
       return catalogueBody(code, [], ids)
   }
+}
+
+/** QUANTITY_OVER_LIMIT, whether the API refused it before queueing or the worker did. */
+export function quantityOverLimit (requested: number, limit: number, details: Record<string, unknown> = {}): ErrorBody {
+  return catalogueBody('QUANTITY_OVER_LIMIT', [limit], { requested, limit, ...details })
 }

@@ -18,7 +18,7 @@ export interface IdempotencyKeyRow {
   key: string
   /** sha256 (hex) of the request's quantity; see `purchaseRequestHash` */
   request_hash: string
-  /** uuid of the purchase (and job) the first request created */
+  /** uuid of the purchase or hold (and job) the first request created */
   purchase_id: string
 }
 
@@ -43,6 +43,11 @@ export type IdempotencyClaim =
 /** What makes two requests with one key "the same request": option and user are in the key, the rest is the quantity. */
 export function purchaseRequestHash (quantity: number): string {
   return createHash('sha256').update(`quantity=${quantity}`).digest('hex')
+}
+
+/** The same for a hold: a purchase and a hold never count as the same request. */
+export function holdRequestHash (quantity: number, holdSeconds: number): string {
+  return createHash('sha256').update(`hold;quantity=${quantity};hold_seconds=${holdSeconds}`).digest('hex')
 }
 
 /**

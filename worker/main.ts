@@ -11,6 +11,7 @@ import { createPool } from '../shared/db'
 import { createLogger } from '../shared/logger'
 import { createWorkerConnection } from '../shared/redis'
 import { startHealthServer, type HealthServer } from './monitoring/health-server'
+import { startHoldSweeper } from './hold-expiry-sweeper'
 import { startKeySweeper } from './idempotency-key-sweeper'
 import { WorkerMetrics } from './monitoring/metrics'
 import { OptionQueues } from './purchasing/option-queues'
@@ -40,18 +41,26 @@ export async function startWorker (config: Config, log: Logger): Promise<Running
   const optionQueues = new OptionQueues({ config, db, connection, subscriber, log, metrics })
   await optionQueues.start()
   const keySweeper = startKeySweeper(db, log)
+  const holdSweeper = startHoldSweeper(db, log, config.holdSweepMs)
   return {
     optionQueues,
     healthPort: health.port,
-    async close () {
+    // Once, however often it is called (a signal during a close, a test's teardown after its own close).
+    close: once(async () => {
+      await holdSweeper.stop()
       await keySweeper.stop()
       await optionQueues.close()
       subscriber.disconnect()
       await connection.quit().catch(() => { connection.disconnect() })
       await db.end()
       await health.close()
-    },
+    }),
   }
+}
+
+function once (fn: () => Promise<void>): () => Promise<void> {
+  let done: Promise<void> | undefined
+  return async () => { done ??= fn(); await done }
 }
 
 /** How long shutdown may take before the process is ended anyway; compose waits longer (stop_grace_period). */

@@ -8,7 +8,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { Logger } from 'pino'
-import type { PurchaseObserver } from '../purchasing/purchase-service'
+import type { PurchaseObserver } from '../purchasing/sale-service'
 import { QUEUE_STATES, type QueueDepths } from './queue-depths'
 
 /** The route label of requests that matched no route: one label, whatever the URL, so labels stay bounded. */
@@ -67,6 +67,12 @@ export class ApiMetrics implements PurchaseObserver {
   readonly queueDepthUp = new Gauge({
     name: 'purchase_queue_depth_up',
     help: '1 when the last scrape read the queue depths from Redis in time, 0 when it failed (the depth series are then left out)',
+    registers: [this.registry],
+  })
+
+  readonly ticketOptionsUnbalanced = new Gauge({
+    name: 'ticket_options_unbalanced',
+    help: 'Recently active options whose ledger does not balance (initial_allocation != available + held + sold) at the last check; 0 when all is well',
     registers: [this.registry],
   })
 

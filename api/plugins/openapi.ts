@@ -35,7 +35,8 @@ async function openapiPlugin (app: FastifyInstance): Promise<void> {
       info: { title: 'Ticket allocation service', version: API_VERSION, description: DESCRIPTION },
       tags: [
         { name: 'ticket options', description: 'Create and read ticket options' },
-        { name: 'purchases', description: 'Buy tickets and read a purchase\'s outcome' },
+        { name: 'purchases', description: 'Buy tickets, read a purchase\'s outcome, cancel it' },
+        { name: 'holds', description: 'Hold tickets while a buyer pays; confirm or release them, or let them expire' },
         { name: 'health', description: 'Probes for load balancers and orchestrators' },
         { name: 'operations', description: 'Metrics for operators' },
       ],

@@ -1,7 +1,9 @@
 /**
  * Opens what the routes need: the PostgreSQL pool, the fail-fast Redis
- * connection for queues, the outcome subscriber, and the purchase service
- * on top of them. Closed in reverse order when the app closes.
+ * connection for queues, the outcome subscriber, the sale service
+ * (purchases, holds, confirmations, releases, cancellations) on top of them,
+ * and the scheduled check of the ledgers. Closed in reverse order when the
+ * app closes.
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
@@ -14,13 +16,14 @@ import { OutcomeWaiter } from '../purchasing/outcome-waiter'
 import { PurchaseQueues } from '../purchasing/purchase-queues'
 import { QueueBackpressure } from '../purchasing/queue-backpressure'
 import { QUEUE_DEPTH_SCANNED, QUEUE_DEPTH_TIMEOUT_MS, QUEUE_DEPTH_TOP, QueueDepths } from '../metrics/queue-depths'
-import { PurchaseService } from '../purchasing/purchase-service'
+import { startLedgerReconciler } from '../metrics/ledger-reconciler'
+import { SaleService } from '../purchasing/sale-service'
 
 declare module 'fastify' {
   interface FastifyInstance {
     db: Db
     redis: Redis
-    purchases: PurchaseService
+    sales: SaleService
     outcomeWaiter: OutcomeWaiter
   }
 }
@@ -42,7 +45,7 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     waitingCount: async (ticketOptionId) => await queues.waitingCount(ticketOptionId),
     maxWaiting: config.queueMaxWaiting,
   })
-  const purchases = new PurchaseService({
+  const sales = new SaleService({
     db,
     queues,
     waiter,
@@ -50,7 +53,6 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     log,
     observer: app.metrics,
     idempotencyKeyTtlHours: config.idempotencyKeyTtlHours,
-    maxTicketsPerPurchase: config.maxTicketsPerPurchase,
     backpressure,
   })
   app.metrics.watchQueueDepths(new QueueDepths({ redis, prefix: config.queuePrefix, scanned: QUEUE_DEPTH_SCANNED, top: QUEUE_DEPTH_TOP, timeoutMs: QUEUE_DEPTH_TIMEOUT_MS }), log)
@@ -58,9 +60,12 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
   app.decorate('db', db)
   app.decorate('redis', redis)
   app.decorate('outcomeWaiter', waiter)
-  app.decorate('purchases', purchases)
+  app.decorate('sales', sales)
+
+  const reconciler = startLedgerReconciler(db, log, config.reconcileIntervalMs, (unbalanced) => { app.metrics.ticketOptionsUnbalanced.set(unbalanced) })
 
   app.addHook('onClose', async () => {
+    await reconciler.stop()
     await queues.close()
     subscriber.disconnect()
     await redis.quit().catch(() => { redis.disconnect() })

@@ -1,5 +1,5 @@
 /**
- * Waits for purchase outcomes published by workers. One subscriber connection
+ * Waits for outcomes published by workers, by job id (a purchase's or hold's own id). One subscriber connection
  * per API process, whatever the number of options. A waiter is registered
  * before its job is added, so an outcome published at once is never missed.
  */
@@ -7,15 +7,15 @@ import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import { purchaseOutcomesChannel } from '../../shared/queues/queue-names'
 import { parseOutcomes } from '../../shared/purchases/purchase-outcomes'
-import type { PurchaseRecord } from '../../shared/purchases/purchase-store'
+import type { SaleOutcome } from '../../shared/purchases/sale-store'
 
 export interface OutcomeWait {
   /** the outcome, or null when none arrived within the time limit */
-  promise: Promise<PurchaseRecord | null>
+  promise: Promise<SaleOutcome | null>
   cancel: () => void
 }
 
-type Resolver = (record: PurchaseRecord | null) => void
+type Resolver = (record: SaleOutcome | null) => void
 
 export class OutcomeWaiter {
   private readonly waiters = new Map<string, Set<Resolver>>()
@@ -28,7 +28,7 @@ export class OutcomeWaiter {
   async start (): Promise<void> {
     this.subscriber.on('message', (channel: string, message: string) => {
       if (channel !== this.channel || this.waiters.size === 0) return
-      let outcomes: PurchaseRecord[]
+      let outcomes: SaleOutcome[]
       try {
         outcomes = parseOutcomes(message)
       } catch (err) {
@@ -46,21 +46,21 @@ export class OutcomeWaiter {
     await this.subscriber.subscribe(this.channel)
   }
 
-  wait (purchaseId: string, timeoutMs: number): OutcomeWait {
+  wait (jobId: string, timeoutMs: number): OutcomeWait {
     let resolver!: Resolver
-    const promise = new Promise<PurchaseRecord | null>((resolve) => { resolver = resolve })
-    let set = this.waiters.get(purchaseId)
+    const promise = new Promise<SaleOutcome | null>((resolve) => { resolver = resolve })
+    let set = this.waiters.get(jobId)
     if (set === undefined) {
       set = new Set()
-      this.waiters.set(purchaseId, set)
+      this.waiters.set(jobId, set)
     }
     const remove = (): void => {
       clearTimeout(timer)
-      const current = this.waiters.get(purchaseId)
+      const current = this.waiters.get(jobId)
       // The set holds `done`, not `resolver`: deleting `resolver` left every
       // finished wait in the map forever (memory grew with every purchase).
       current?.delete(done)
-      if (current?.size === 0) this.waiters.delete(purchaseId)
+      if (current?.size === 0) this.waiters.delete(jobId)
     }
     const done: Resolver = (record) => { remove(); resolver(record) }
     const timer = setTimeout(() => { done(null) }, timeoutMs)
@@ -68,8 +68,8 @@ export class OutcomeWaiter {
     return { promise, cancel: () => { done(null) } }
   }
 
-  private settle (purchaseId: string, record: PurchaseRecord): void {
-    const set = this.waiters.get(purchaseId)
+  private settle (jobId: string, record: SaleOutcome): void {
+    const set = this.waiters.get(jobId)
     if (set === undefined) return
     for (const resolve of [...set]) resolve(record)
   }

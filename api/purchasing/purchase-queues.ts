@@ -7,7 +7,7 @@
 import { Queue } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
-import type { PurchaseRequest } from '../../shared/purchases/purchase-request'
+import { jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
 import { touchOption } from '../../shared/queues/queue-registry'
 
@@ -81,8 +81,8 @@ export class PurchaseQueues {
     return entry
   }
 
-  /** Adds the purchase job (job id = purchase id). Throws when Redis is unavailable. */
-  async enqueue (data: PurchaseRequest): Promise<void> {
+  /** Adds the request's job (job id: `jobIdOf`, so adding it twice queues it once). Throws when Redis is unavailable. */
+  async enqueue (data: SaleRequest): Promise<void> {
     const entry = this.get(data.ticketOptionId)
     await entry.ready
     const now = Date.now()
@@ -90,7 +90,7 @@ export class PurchaseQueues {
       await touchOption(this.redis, this.prefix, data.ticketOptionId, now)
       entry.touchedAt = now
     }
-    await entry.queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })
+    await entry.queue.add(PURCHASE_JOB_NAME, data, { jobId: jobIdOf(data) })
   }
 
   /** Jobs of the option waiting for their turn (BullMQ's waiting count: one round trip). */
@@ -98,9 +98,9 @@ export class PurchaseQueues {
     return await this.get(ticketOptionId).queue.getWaitingCount()
   }
 
-  /** Whether a purchase job is still waiting or being applied. */
-  async jobState (ticketOptionId: string, purchaseId: string): Promise<JobState> {
-    const state = await this.get(ticketOptionId).queue.getJobState(purchaseId)
+  /** Whether a job (a purchase's id, or another request's `jobIdOf`) is still waiting or being applied. */
+  async jobState (ticketOptionId: string, jobId: string): Promise<JobState> {
+    const state = await this.get(ticketOptionId).queue.getJobState(jobId)
     return state === 'unknown' || state === 'completed' || state === 'failed' ? 'unknown' : 'pending'
   }
 

@@ -1,25 +1,38 @@
 /**
- * POST /ticket_options/:id/purchases and GET /ticket_options/:id/purchases/:purchase_id.
- * 201 committed, 409 not enough tickets (nothing bought), 202 queued but not
- * known within the wait limit (API.md "Outcomes").
+ * POST /ticket_options/:id/purchases, GET /ticket_options/:id/purchases/:purchase_id
+ * and POST …/purchases/:purchase_id/cancel (API.md "Core routes", "Cancelling a purchase").
+ * 201 committed, 409 refused (nothing bought), 202 queued but not known within
+ * the wait limit.
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import {
-  catalogueBody, IdempotencyKeyReusedError, PurchaseNotFoundError, rejectionBody, RETRY_AFTER_SECONDS, TicketOptionNotFoundError,
-} from '../../shared/error-catalogue'
+import { PurchaseNotFoundError, TicketOptionNotFoundError } from '../../shared/error-catalogue'
+import type { PurchaseRecord } from '../../shared/purchases/sale-store'
 import {
   badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, tooManyRequests, unsupportedMediaType,
 } from '../schemas/responses'
 import {
-  CreatePurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseHeadersSchema, PurchaseParamsSchema,
-  PurchaseRefusedSchema, PurchaseSchema, PurchaseStatusParamsSchema, PurchaseStatusSchema,
+  CancelledPurchaseSchema, CreatePurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseHeadersSchema, PurchaseParamsSchema,
+  PurchaseRefusedSchema, PurchaseSchema, PurchaseStatusParamsSchema, PurchaseStatusSchema, StateConflictSchema, UserBodySchema,
 } from '../schemas/purchases'
+import { answerSubmit, stateConflict } from './answers'
 
 const purchaseLocation = (ticketOptionId: string, purchaseId: string): string =>
   `/ticket_options/${ticketOptionId}/purchases/${purchaseId}`
 
+/** A purchase as its routes show it: `cancelled` once cancelled, and only the fields that apply. */
+export function purchaseBody (purchase: PurchaseRecord) {
+  const { reason, available, used, reservation_id: reservationId, cancelled_at: cancelledAt, ...rest } = purchase
+  return {
+    ...rest,
+    status: cancelledAt === null ? purchase.status : 'cancelled' as const,
+    ...(reservationId === null ? {} : { reservation_id: reservationId }),
+    ...(cancelledAt === null ? {} : { cancelled_at: cancelledAt }),
+    ...(purchase.status === 'rejected' ? { reason: reason ?? undefined, available: available ?? undefined } : {}),
+  }
+}
+
 const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
-  const { purchases } = app
+  const { sales } = app
 
   app.post('/ticket_options/:id/purchases', {
     // Limited per client IP when RATE_LIMIT_PURCHASES_PER_MINUTE is set (api/plugins/rate-limit.ts; inert otherwise).
@@ -35,10 +48,10 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
         202: jsonResponse('Queued, but the outcome was not known within the wait limit: follow Location', PendingPurchaseSchema, locationHeader('the purchase, to read its outcome: /ticket_options/<id>/purchases/<purchase_id>')),
         400: badRequest,
         404: errorResponse('No such ticket option (TICKET_OPTION_NOT_FOUND); nothing was bought'),
-        409: jsonResponse('Fewer than `quantity` tickets remain (NOT_ENOUGH_TICKETS); nothing was bought', NotEnoughTicketsSchema),
+        409: jsonResponse('Fewer than `quantity` tickets remain (NOT_ENOUGH_TICKETS), or the user would pass max_per_user (USER_LIMIT_REACHED, with `limit` and `used`); nothing was bought', NotEnoughTicketsSchema),
         413: payloadTooLarge,
         415: unsupportedMediaType,
-        422: jsonResponse('More than MAX_TICKETS_PER_PURCHASE tickets (QUANTITY_OVER_LIMIT, with `limit`), this Idempotency-Key was already used with a different body (IDEMPOTENCY_KEY_REUSED), or the purchase could not be applied (PURCHASE_UNPROCESSABLE); nothing was bought', PurchaseRefusedSchema),
+        422: jsonResponse('More than the option\'s max_per_purchase (QUANTITY_OVER_LIMIT, with `limit`), this Idempotency-Key was already used with a different body (IDEMPOTENCY_KEY_REUSED), or the purchase could not be applied (PURCHASE_UNPROCESSABLE); nothing was bought', PurchaseRefusedSchema),
         429: tooManyRequests,
         503: serviceUnavailable,
       },
@@ -46,41 +59,28 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const ticketOptionId = request.params.id.toLowerCase()
     const { quantity } = request.body
-    const result = await purchases.purchase({
+    const result = await sales.purchase({
       ticketOptionId,
       userId: request.body.user_id.toLowerCase(),
       quantity,
       requestId: String(request.id),
     }, request.headers['idempotency-key'])
-    switch (result.kind) {
-      case 'option_not_found':
-        throw new TicketOptionNotFoundError(ticketOptionId)
-      case 'idempotency_key_reused':
-        throw new IdempotencyKeyReusedError()
-      case 'quantity_over_limit':
-        return await reply.code(422).send(catalogueBody('QUANTITY_OVER_LIMIT', [result.limit], { requested: quantity, limit: result.limit }))
-      case 'pending':
-        return await reply.code(202).header('location', purchaseLocation(ticketOptionId, result.purchaseId))
-          .send({ id: result.purchaseId, status: 'pending' as const })
-      case 'recorded': {
-        if (result.purchase.status === 'succeeded') {
-          return await reply.code(201).header('location', purchaseLocation(ticketOptionId, result.purchase.id))
-            .send({ ...result.purchase, status: 'succeeded' as const })
-        }
-        const refused = rejectionBody(result.purchase, purchases.maxTicketsPerPurchase)
-        if (refused.statusCode === 503) void reply.header('retry-after', String(RETRY_AFTER_SECONDS))
-        return await reply.code(refused.statusCode as 409 | 422 | 503).send(refused)
-      }
-    }
+    return await answerSubmit(reply, result, {
+      ticketOptionId,
+      requested: quantity,
+      location: (id) => purchaseLocation(ticketOptionId, id),
+      created: (purchase) => purchase.status === 'succeeded' ? purchaseBody(purchase) : null,
+      idField: 'purchase_id',
+    })
   })
 
   app.get('/ticket_options/:id/purchases/:purchase_id', {
     schema: {
       tags: ['purchases'],
-      summary: "A purchase's outcome: pending, succeeded or rejected",
+      summary: "A purchase's outcome: pending, succeeded, rejected or cancelled",
       params: PurchaseStatusParamsSchema,
       response: {
-        200: jsonResponse('The purchase and its status: pending, succeeded or rejected (with reason)', PurchaseStatusSchema),
+        200: jsonResponse('The purchase and its status: pending, succeeded, rejected (with reason) or cancelled (with cancelled_at)', PurchaseStatusSchema),
         400: badRequest,
         404: errorResponse('No such ticket option or purchase (TICKET_OPTION_NOT_FOUND, PURCHASE_NOT_FOUND)'),
         503: serviceUnavailable,
@@ -89,19 +89,53 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const ticketOptionId = request.params.id.toLowerCase()
     const purchaseId = request.params.purchase_id.toLowerCase()
-    const result = await purchases.status(ticketOptionId, purchaseId)
+    const result = await sales.purchaseStatus(ticketOptionId, purchaseId)
     switch (result.kind) {
       case 'option_not_found':
         throw new TicketOptionNotFoundError(ticketOptionId)
-      case 'purchase_not_found':
+      case 'not_found':
         throw new PurchaseNotFoundError(purchaseId)
       case 'pending':
         return { id: purchaseId, ticket_option_id: ticketOptionId, status: 'pending' as const }
-      case 'recorded': {
-        const { reason, available, ...purchase } = result.purchase
-        return purchase.status === 'rejected'
-          ? { ...purchase, reason: reason ?? undefined, available: available ?? undefined }
-          : purchase
+      case 'recorded':
+        return purchaseBody(result.record)
+    }
+  })
+
+  app.post('/ticket_options/:id/purchases/:purchase_id/cancel', {
+    schema: {
+      tags: ['purchases'],
+      summary: 'Cancel a purchase: its tickets are available again',
+      params: PurchaseStatusParamsSchema,
+      body: UserBodySchema,
+      response: {
+        200: jsonResponse('The purchase, cancelled (the same answer for every retry)', CancelledPurchaseSchema),
+        202: jsonResponse('Queued, but not applied within the wait limit: read the purchase later', PendingPurchaseSchema, locationHeader('the purchase')),
+        400: badRequest,
+        404: errorResponse('No such ticket option, or no such purchase of this user (TICKET_OPTION_NOT_FOUND, PURCHASE_NOT_FOUND)'),
+        409: jsonResponse('The purchase was rejected or is still pending (NOT_CANCELLABLE, with its `status`)', StateConflictSchema),
+        413: payloadTooLarge,
+        415: unsupportedMediaType,
+        503: serviceUnavailable,
+      },
+    },
+  }, async (request, reply) => {
+    const ticketOptionId = request.params.id.toLowerCase()
+    const purchaseId = request.params.purchase_id.toLowerCase()
+    const result = await sales.cancel(ticketOptionId, purchaseId, request.body.user_id.toLowerCase(), String(request.id))
+    switch (result.kind) {
+      case 'option_not_found':
+        throw new TicketOptionNotFoundError(ticketOptionId)
+      case 'not_found':
+        throw new PurchaseNotFoundError(purchaseId)
+      case 'refused':
+        return await reply.code(409).send(stateConflict('NOT_CANCELLABLE', result.status))
+      case 'pending':
+        return await reply.code(202).header('location', purchaseLocation(ticketOptionId, purchaseId)).send({ id: purchaseId, status: 'pending' as const })
+      case 'changed':
+      case 'already': {
+        const purchase = purchaseBody(result.purchase as PurchaseRecord)
+        return await reply.code(200).send({ ...purchase, status: 'cancelled' as const, cancelled_at: purchase.cancelled_at ?? '' })
       }
     }
   })

@@ -1,12 +1,14 @@
 /**
- * POST /ticket_options and GET /ticket_options/:id (API.md "Core routes").
+ * POST /ticket_options, GET /ticket_options/:id (API.md "Core routes", "Limits")
+ * and GET /ticket_options/:id/ledger (API.md "The ledger of an option").
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { createTicketOption, getTicketOption } from '../../shared/ticket-options'
+import { ledgerOf } from '../../shared/purchases/ledger'
+import { createTicketOption, getTicketOption, type TicketOption } from '../../shared/ticket-options'
 import {
   badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, unsupportedMediaType,
 } from '../schemas/responses'
-import { CreateTicketOptionSchema, TicketOptionParamsSchema, TicketOptionSchema } from '../schemas/ticket-options'
+import { CreateTicketOptionSchema, LedgerSchema, TicketOptionParamsSchema, TicketOptionSchema } from '../schemas/ticket-options'
 import { TicketOptionNotFoundError } from '../../shared/error-catalogue'
 
 const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
@@ -26,9 +28,9 @@ const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
       },
     },
   }, async (request, reply) => {
-    const { name, desc = '', allocation } = request.body
-    const option = await createTicketOption(db, { name, desc, allocation })
-    return await reply.code(201).header('location', `/ticket_options/${option.id}`).send(option)
+    const { name, desc = '', allocation, max_per_purchase: maxPerPurchase = null, max_per_user: maxPerUser = null } = request.body
+    const option = await createTicketOption(db, { name, desc, allocation, maxPerPurchase, maxPerUser })
+    return await reply.code(201).header('location', `/ticket_options/${option.id}`).send(optionBody(option))
   })
 
   app.get('/ticket_options/:id', {
@@ -47,8 +49,37 @@ const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const id = request.params.id.toLowerCase()
     const option = await getTicketOption(db, id)
     if (option === null) throw new TicketOptionNotFoundError(id)
-    return option
+    return optionBody(option)
   })
+
+  app.get('/ticket_options/:id/ledger', {
+    schema: {
+      tags: ['ticket options'],
+      summary: 'Where every ticket of the option is: available, held, sold, cancelled, and whether they add up',
+      params: TicketOptionParamsSchema,
+      response: {
+        200: jsonResponse('The ledger, computed from the stored purchases and holds', LedgerSchema),
+        400: badRequest,
+        404: errorResponse('No such ticket option (TICKET_OPTION_NOT_FOUND)'),
+        503: serviceUnavailable,
+      },
+    },
+  }, async (request) => {
+    const id = request.params.id.toLowerCase()
+    const ledger = await ledgerOf(db, id)
+    if (ledger === null) throw new TicketOptionNotFoundError(id)
+    return ledger
+  })
+}
+
+/** An option as the API shows it: the limits only when they are set, so an option created the old way reads as before. */
+function optionBody (option: TicketOption) {
+  const { max_per_purchase: maxPerPurchase, max_per_user: maxPerUser, ...rest } = option
+  return {
+    ...rest,
+    ...(maxPerPurchase === null ? {} : { max_per_purchase: maxPerPurchase }),
+    ...(maxPerUser === null ? {} : { max_per_user: maxPerUser }),
+  }
 }
 
 export default ticketOptionRoutes

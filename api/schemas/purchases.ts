@@ -26,7 +26,7 @@ export const PurchaseStatusParamsSchema = Type.Object({
   purchase_id: UuidSchema,
 })
 
-/** A committed purchase (201). */
+/** A committed purchase (201); one made by confirming a hold also names the hold. */
 export const PurchaseSchema = Type.Object({
   id: UuidSchema,
   ticket_option_id: UuidSchema,
@@ -34,17 +34,47 @@ export const PurchaseSchema = Type.Object({
   quantity: Type.Integer(),
   status: Type.Literal('succeeded'),
   created_at: Type.String({ format: 'date-time' }),
+  reservation_id: Type.Optional(UuidSchema),
 }, { $id: 'Purchase' })
 
-/** Not enough tickets (409): nothing was bought. */
+/** A cancelled purchase (200). */
+export const CancelledPurchaseSchema = Type.Object({
+  id: UuidSchema,
+  ticket_option_id: UuidSchema,
+  user_id: UuidSchema,
+  quantity: Type.Integer(),
+  status: Type.Literal('cancelled'),
+  created_at: Type.String({ format: 'date-time' }),
+  cancelled_at: Type.String({ format: 'date-time' }),
+  reservation_id: Type.Optional(UuidSchema),
+}, { $id: 'CancelledPurchase' })
+
+/** Whose purchase or hold it is: confirm, release and cancel act only for its user. */
+export const UserBodySchema = Type.Object({
+  user_id: UuidSchema,
+}, { additionalProperties: false })
+
+/** A request refused because of the state of what it names (409 RESERVATION_NOT_ACTIVE, NOT_CANCELLABLE). */
+export const StateConflictSchema = Type.Object({
+  statusCode: Type.Literal(409),
+  error: Type.String(),
+  message: Type.String(),
+  code: Type.Union([Type.Literal('RESERVATION_NOT_ACTIVE'), Type.Literal('NOT_CANCELLABLE')]),
+  status: Type.String({ description: 'the state it is in' }),
+}, { $id: 'StateConflict' })
+
+/** Refused (409): not enough tickets, or the user's limit; nothing was bought or held. */
 export const NotEnoughTicketsSchema = Type.Object({
   statusCode: Type.Literal(409),
   error: Type.String(),
   message: Type.String(),
-  code: Type.Literal('NOT_ENOUGH_TICKETS'),
+  code: Type.Union([Type.Literal('NOT_ENOUGH_TICKETS'), Type.Literal('USER_LIMIT_REACHED')]),
   requested: Type.Integer(),
-  available: Type.Integer(),
-  purchase_id: UuidSchema,
+  available: Type.Optional(Type.Integer({ description: 'NOT_ENOUGH_TICKETS: tickets left when it was decided' })),
+  limit: Type.Optional(Type.Integer({ description: 'USER_LIMIT_REACHED: max_per_user' })),
+  used: Type.Optional(Type.Integer({ description: 'USER_LIMIT_REACHED: the user\'s tickets bought and held when it was decided' })),
+  purchase_id: Type.Optional(UuidSchema),
+  reservation_id: Type.Optional(UuidSchema),
 }, { $id: 'NotEnoughTickets' })
 
 /** A purchase refused before or when it was applied (422): nothing was bought. */
@@ -54,8 +84,9 @@ export const PurchaseRefusedSchema = Type.Object({
   message: Type.String(),
   code: Type.Union([Type.Literal('QUANTITY_OVER_LIMIT'), Type.Literal('IDEMPOTENCY_KEY_REUSED'), Type.Literal('PURCHASE_UNPROCESSABLE')]),
   requested: Type.Optional(Type.Integer()),
-  limit: Type.Optional(Type.Integer({ description: 'for QUANTITY_OVER_LIMIT: the most tickets one purchase may buy' })),
+  limit: Type.Optional(Type.Integer({ description: 'for QUANTITY_OVER_LIMIT: the option\'s max_per_purchase' })),
   purchase_id: Type.Optional(UuidSchema),
+  reservation_id: Type.Optional(UuidSchema),
 }, { $id: 'PurchaseRefused' })
 
 /** Queued, outcome not known within the wait limit (202). */
@@ -68,10 +99,12 @@ export const PendingPurchaseSchema = Type.Object({
 export const PurchaseStatusSchema = Type.Object({
   id: UuidSchema,
   ticket_option_id: UuidSchema,
-  status: Type.Union([Type.Literal('pending'), Type.Literal('succeeded'), Type.Literal('rejected')]),
+  status: Type.Union([Type.Literal('pending'), Type.Literal('succeeded'), Type.Literal('rejected'), Type.Literal('cancelled')]),
   user_id: Type.Optional(UuidSchema),
   quantity: Type.Optional(Type.Integer()),
   created_at: Type.Optional(Type.String({ format: 'date-time' })),
-  reason: Type.Optional(Type.String({ description: 'why a purchase was rejected: not_enough_tickets, quantity_over_limit, unprocessable or not_queued' })),
+  cancelled_at: Type.Optional(Type.String({ format: 'date-time' })),
+  reservation_id: Type.Optional(UuidSchema),
+  reason: Type.Optional(Type.String({ description: 'why a purchase was rejected: not_enough_tickets, quantity_over_limit, user_limit_reached, unprocessable or not_queued' })),
   available: Type.Optional(Type.Integer({ description: 'tickets left when a rejection was decided' })),
 }, { $id: 'PurchaseStatus' })

@@ -8,7 +8,7 @@ import t from 'tap'
 import { Redis } from 'ioredis'
 import pino from 'pino'
 import { PurchaseQueues } from '../../api/purchasing/purchase-queues'
-import { PurchaseService } from '../../api/purchasing/purchase-service'
+import { SaleService } from '../../api/purchasing/sale-service'
 import { COUNT_MAX_AGE_MS } from '../../api/purchasing/queue-backpressure'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { buildTestApp, buy, configWith, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
@@ -85,8 +85,8 @@ t.test('Redis down: purchases answer 503 within a second, reads and creates stil
   // and the key let go. Driven on a service of the app's own pool, waiter and Redis connection.
   const queues = new PurchaseQueues(app.redis, prefix, pino({ level: 'silent' }))
   t.teardown(async () => { await queues.close() })
-  const uncapped = new PurchaseService({
-    db: app.db, queues, waiter: app.outcomeWaiter, waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24, maxTicketsPerPurchase: 10,
+  const uncapped = new SaleService({
+    db: app.db, queues, waiter: app.outcomeWaiter, waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24,
   })
   const voidedCount = async (): Promise<number> => (await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and reason = 'not_queued'", [id])).rows[0].n
   const voidedBefore = await voidedCount()

@@ -24,14 +24,19 @@ t.test('reads and converts variables', async (t) => {
   t.equal(config.databaseUrl, 'postgresql://u:p@db:5432/x')
 })
 
-t.test('the hardening settings: body deadline, proxies, tickets per purchase', async (t) => {
+t.test('the hardening settings: body deadline, proxies; holds and ledger schedules', async (t) => {
   const defaults = loadConfig({})
   t.equal(defaults.bodyTimeoutMs, 10_000)
   t.equal(defaults.trustProxy, false)
-  t.equal(defaults.maxTicketsPerPurchase, 10_000)
+  t.equal(defaults.holdSweepMs, 1000)
+  t.equal(defaults.reconcileIntervalMs, 30_000)
   t.equal(loadConfig({ TRUST_PROXY: 'true' }).trustProxy, true)
   t.equal(loadConfig({ TRUST_PROXY: '2' }).trustProxy, 2, 'a hop count')
   t.same(loadConfig({ TRUST_PROXY: '10.0.0.0/8, 127.0.0.1,::1' }).trustProxy, ['10.0.0.0/8', '127.0.0.1', '::1'])
+})
+
+t.test('a setting that is gone stops start-up and says what to do instead', async (t) => {
+  t.throws(() => loadConfig({ MAX_TICKETS_PER_PURCHASE: '10000' }), { name: 'ConfigError', message: /^MAX_TICKETS_PER_PURCHASE is no longer used: .*max_per_purchase/ })
 })
 
 t.test('an empty variable means the default', async (t) => {
@@ -52,8 +57,9 @@ const bad: Array<[Record<string, string>, string]> = [
   [{ LOG_PRETTY: 'yes' }, 'LOG_PRETTY'],
   [{ BODY_TIMEOUT_MS: '50' }, 'BODY_TIMEOUT_MS'],
   [{ BODY_TIMEOUT_MS: 'soon' }, 'BODY_TIMEOUT_MS'],
-  [{ MAX_TICKETS_PER_PURCHASE: '0' }, 'MAX_TICKETS_PER_PURCHASE'],
-  [{ MAX_TICKETS_PER_PURCHASE: '2000000' }, 'MAX_TICKETS_PER_PURCHASE'],
+  [{ MAX_TICKETS_PER_PURCHASE: '10000' }, 'MAX_TICKETS_PER_PURCHASE'],
+  [{ HOLD_SWEEP_MS: '10' }, 'HOLD_SWEEP_MS'],
+  [{ RECONCILE_INTERVAL_MS: '10' }, 'RECONCILE_INTERVAL_MS'],
   [{ TRUST_PROXY: 'yes please' }, 'TRUST_PROXY'],
   [{ TRUST_PROXY: '10.0.0.0/8,not-an-ip' }, 'TRUST_PROXY'],
   [{ TRUST_PROXY: '0' }, 'TRUST_PROXY'],

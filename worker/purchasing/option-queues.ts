@@ -158,7 +158,6 @@ export class OptionQueues {
       publisher: connection,
       prefix: config.queuePrefix,
       batchSize: config.workerBatchSize,
-      maxTicketsPerPurchase: config.maxTicketsPerPurchase,
       dbRetryMs: config.workerDbRetryMs,
       log: queueLog,
       isClosing: () => this.closing,

@@ -21,9 +21,9 @@ import { UnrecoverableError, WaitingError, type Job, type Queue } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import { isTransientDbError, withTransaction, type Db } from '../../shared/db'
-import { isPurchaseRequest, type PurchaseRequest } from '../../shared/purchases/purchase-request'
+import { isSaleRequest, jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
 import { publishOutcomes } from '../../shared/purchases/purchase-outcomes'
-import { applyPurchases, rejectUnprocessable, UnknownTicketOptionError, type PurchaseRecord } from '../../shared/purchases/purchase-store'
+import { applySaleBatch, isChangeOutcome, rejectUnprocessable, UnknownTicketOptionError, type SaleOutcome } from '../../shared/purchases/sale-store'
 import type { WorkerMetrics } from '../monitoring/metrics'
 
 export interface PurchaseProcessorDeps {
@@ -32,8 +32,6 @@ export interface PurchaseProcessorDeps {
   publisher: Redis
   prefix: string
   batchSize: number
-  /** MAX_TICKETS_PER_PURCHASE: a larger purchase is rejected `quantity_over_limit` */
-  maxTicketsPerPurchase: number
   dbRetryMs: number
   log: Logger
   /** true once the worker is shutting down: stop retrying and hand the job back */
@@ -46,9 +44,9 @@ export interface PurchaseProcessorDeps {
 
 /** Outcomes recorded in a batch before their own job ran; bounded, oldest dropped first. */
 export class RecentOutcomes {
-  private readonly entries = new Map<string, PurchaseRecord>()
+  private readonly entries = new Map<string, SaleOutcome>()
   constructor (private readonly capacity = 50_000) {}
-  remember (record: PurchaseRecord): void {
+  remember (record: SaleOutcome): void {
     this.entries.set(record.id, record)
     if (this.entries.size > this.capacity) {
       const oldest = this.entries.keys().next().value
@@ -57,9 +55,9 @@ export class RecentOutcomes {
   }
 
   /** Returns and forgets the outcome: each job needs it once. */
-  take (purchaseId: string): PurchaseRecord | undefined {
-    const record = this.entries.get(purchaseId)
-    if (record !== undefined) this.entries.delete(purchaseId)
+  take (jobId: string): SaleOutcome | undefined {
+    const record = this.entries.get(jobId)
+    if (record !== undefined) this.entries.delete(jobId)
     return record
   }
 }
@@ -75,16 +73,17 @@ class HandBack extends Error {
 }
 
 export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDeps) {
-  const { db, publisher, prefix, batchSize, maxTicketsPerPurchase, log } = deps
+  const { db, publisher, prefix, batchSize, log } = deps
 
-  async function nextWaiting (head: PurchaseRequest): Promise<PurchaseRequest[]> {
+  async function nextWaiting (head: SaleRequest): Promise<SaleRequest[]> {
     if (batchSize <= 1) return []
     // The queue's global concurrency is 1, so nobody else takes these while we hold the head job.
     const jobs = await queue.getJobs(['wait'], 0, batchSize - 2, true)
-    const batch: PurchaseRequest[] = []
+    const headId = jobIdOf(head)
+    const batch: SaleRequest[] = []
     for (const job of jobs) {
       const data: unknown = job.data
-      if (isPurchaseRequest(data) && data.ticketOptionId === head.ticketOptionId && data.purchaseId !== head.purchaseId) batch.push(data)
+      if (isSaleRequest(data) && data.ticketOptionId === head.ticketOptionId && jobIdOf(data) !== headId) batch.push(data)
     }
     return batch
   }
@@ -110,13 +109,13 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
   }
 
   /** One batch in one transaction; `requests` is called inside each try, so a retry reads the queue again. */
-  async function applyBatch (ticketOptionId: string, requests: () => Promise<PurchaseRequest[]>, jobLog: Logger): Promise<PurchaseRecord[]> {
+  async function applyBatch (ticketOptionId: string, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<SaleOutcome[]> {
     return await retryingOutages(async () => {
       // Timed from BEGIN to COMMIT (the batch read from Redis overlaps with BEGIN).
       const began = process.hrtime.bigint()
-      const applied = await withTransaction(db, async (client) => await applyPurchases(client, ticketOptionId, await requests(), maxTicketsPerPurchase))
-      deps.metrics?.batchApplied(Number(process.hrtime.bigint() - began) / 1e9, applied.outcomes)
-      return applied.outcomes
+      const outcomes = await withTransaction(db, async (client) => await applySaleBatch(client, ticketOptionId, await requests()))
+      deps.metrics?.batchApplied(Number(process.hrtime.bigint() - began) / 1e9, outcomes.map(outcomeStatus))
+      return outcomes
     }, jobLog)
   }
 
@@ -125,7 +124,7 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
    * PostgreSQL refuses is tried again with the head alone (one bad purchase
    * must not sink its neighbours); a head refused alone is recorded as rejected.
    */
-  async function decide (head: PurchaseRequest, requests: () => Promise<PurchaseRequest[]>, jobLog: Logger): Promise<PurchaseRecord[]> {
+  async function decide (head: SaleRequest, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<SaleOutcome[]> {
     try {
       return await applyBatch(head.ticketOptionId, requests, jobLog)
     } catch (err) {
@@ -148,14 +147,14 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     }
   }
 
-  return async function processPurchase (job: Job, token?: string): Promise<PurchaseRecord> {
+  return async function processPurchase (job: Job, token?: string): Promise<SaleOutcome> {
     const data: unknown = job.data
-    if (!isPurchaseRequest(data)) throw new UnrecoverableError(`job ${job.id ?? '?'} does not hold purchase data`)
+    if (!isSaleRequest(data)) throw new UnrecoverableError(`job ${job.id ?? '?'} does not hold purchase data`)
     // Before the child logger: under load most jobs end here, and a pino child costs a serialization.
-    const early = deps.recent.take(data.purchaseId)
+    const early = deps.recent.take(jobIdOf(data))
     if (early !== undefined) {
       // Debug only (one line per purchase is too many at info in a sale); keeps reqId so a purchase can be followed.
-      if (log.isLevelEnabled('debug')) log.debug({ jobId: job.id, reqId: data.requestId, ticketOptionId: data.ticketOptionId, purchaseId: early.id, status: early.status }, 'purchase applied in an earlier batch')
+      if (log.isLevelEnabled('debug')) log.debug({ jobId: job.id, reqId: data.requestId, ticketOptionId: data.ticketOptionId, status: outcomeStatus(early) }, 'applied in an earlier batch')
       return early // applied and published with an earlier job's batch
     }
     const jobLog = log.child({ jobId: job.id, reqId: data.requestId, ticketOptionId: data.ticketOptionId })
@@ -163,14 +162,14 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     // Read the next waiting jobs from Redis while the transaction begins in
     // PostgreSQL: one round trip less per purchase at low load (bench `latency`).
     // The first attempt uses this read; a retry reads the queue again.
-    let prefetched: Promise<PurchaseRequest[]> | undefined = nextWaiting(data)
+    let prefetched: Promise<SaleRequest[]> | undefined = nextWaiting(data)
     prefetched.catch(() => {}) // awaited in the transaction; a failure before that is not "unhandled"
-    const requests = async (): Promise<PurchaseRequest[]> => {
+    const requests = async (): Promise<SaleRequest[]> => {
       const next = prefetched ?? nextWaiting(data)
       prefetched = undefined
       return [data, ...await next]
     }
-    let outcomes: PurchaseRecord[]
+    let outcomes: SaleOutcome[]
     try {
       outcomes = await decide(data, requests, jobLog)
     } catch (err) {
@@ -191,8 +190,18 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
       // either way, and the batched jobs publish again when their turn comes.
       jobLog.warn({ err }, 'could not publish purchase outcomes')
     }
-    const own = outcomes[0] as PurchaseRecord
-    if (jobLog.isLevelEnabled('debug')) jobLog.debug({ purchaseId: own.id, status: own.status, batch: outcomes.length }, 'purchase applied')
+    const own = outcomes[0] as SaleOutcome
+    if (jobLog.isLevelEnabled('debug')) {
+      const kind = data.kind ?? 'purchase'
+      jobLog.debug({ ...(kind === 'purchase' ? { purchaseId: own.id } : { id: own.id }), status: outcomeStatus(own), batch: outcomes.length }, `${kind} applied`)
+    }
     return own
   }
+}
+
+/** A bounded label for an outcome: a purchase's or hold's status, or what a change did. */
+export function outcomeStatus (outcome: SaleOutcome): string {
+  if (!isChangeOutcome(outcome)) return outcome.status
+  if (!outcome.changed) return 'unchanged'
+  return { confirm: 'confirmed', release: 'released', cancel: 'cancelled' }[outcome.kind]
 }

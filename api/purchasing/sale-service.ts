@@ -1,0 +1,434 @@
+/**
+ * Every request that changes what an option has available, from HTTP to
+ * outcome (API.md, contract version 2): purchases and holds, and the
+ * confirmations, releases and cancellations that follow them. Each is checked
+ * (the option exists, the quantity is within its max_per_purchase), added to
+ * the option's queue, and its outcome awaited up to the wait limit; failing
+ * that, the recorded outcome is read from PostgreSQL before the answer says
+ * "pending". The API never answers with an outcome it does not know.
+ */
+import { randomUUID } from 'node:crypto'
+import type { Logger } from 'pino'
+import type { Db } from '../../shared/db'
+import { QueueFullError, ServiceUnavailableError } from '../../shared/error-catalogue'
+import { claimIdempotencyKey, holdRequestHash, purchaseRequestHash, releaseIdempotencyKey } from '../../shared/idempotency-keys'
+import { exceedsQuantityLimit } from '../../shared/purchases/sale-rules'
+import {
+  jobIdOf, type CancelRequest, type ConfirmRequest, type HoldRequest, type NewHold, type NewPurchase, type PurchaseRequest, type ReleaseRequest, type SaleRequest,
+} from '../../shared/purchases/sale-request'
+import {
+  findPurchase, findReservation, isChangeOutcome, NOT_QUEUED, voidUnqueued, type PurchaseRecord, type ReservationRecord, type SaleOutcome,
+} from '../../shared/purchases/sale-store'
+import { commandNeverSent } from '../../shared/redis'
+import { ticketOptionLimits, type TicketOptionLimits } from '../../shared/ticket-options'
+import { KnownOptions } from './known-options'
+import type { OutcomeWaiter } from './outcome-waiter'
+import type { PurchaseQueues } from './purchase-queues'
+import type { QueueBackpressure } from './queue-backpressure'
+
+/** The answer to a purchase (T = PurchaseRecord) or a hold (T = ReservationRecord). */
+export type SubmitResult<T> =
+  | { kind: 'option_not_found' }
+  /** more than the option's max_per_purchase (422); nothing was queued */
+  | { kind: 'quantity_over_limit', limit: number }
+  /** the outcome; a rejection carries its reason, to be answered with the option's limits */
+  | { kind: 'recorded', record: T, limits: TicketOptionLimits }
+  | { kind: 'pending', id: string }
+  /** the Idempotency-Key was used before with another request (422) */
+  | { kind: 'idempotency_key_reused' }
+
+/** The answer to a confirmation, release or cancellation. */
+export type ChangeResult =
+  | { kind: 'option_not_found' }
+  /** no such reservation or purchase for this user (404) */
+  | { kind: 'not_found' }
+  /** this request changed it (confirm: 201; release, cancel: 200) */
+  | { kind: 'changed', reservation: ReservationRecord | null, purchase: PurchaseRecord | null }
+  /** it was in the asked-for state already (200, the same body again) */
+  | { kind: 'already', reservation: ReservationRecord | null, purchase: PurchaseRecord | null }
+  /** it is in a state this request cannot change (409); `status` says which */
+  | { kind: 'refused', status: string }
+  /** queued, outcome not known in time (202) */
+  | { kind: 'pending' }
+
+export type StatusResult<T> =
+  | { kind: 'option_not_found' }
+  | { kind: 'not_found' }
+  | { kind: 'recorded', record: T }
+  | { kind: 'pending' }
+
+/** How many times a request tries to claim an Idempotency-Key whose owner let it go meanwhile. */
+const IDEMPOTENCY_CLAIM_ATTEMPTS = 3
+
+export interface SaleServiceDeps {
+  db: Db
+  queues: PurchaseQueues
+  waiter: OutcomeWaiter
+  waitMs: number
+  log: Logger
+  /** hours an Idempotency-Key is remembered */
+  idempotencyKeyTtlHours: number
+  /** the cap on each option's queue; absent: no cap */
+  backpressure?: QueueBackpressure
+  /** told of every answer to a purchase that reached a queue (metrics); absent: nobody listens */
+  observer?: PurchaseObserver
+}
+
+/** Sees each purchase's answer once; called in line with the request, so it must only count in memory. */
+export interface PurchaseObserver {
+  purchaseAnswered: (outcome: 'succeeded' | 'rejected' | 'pending', enqueuedAt: number) => void
+}
+
+/** The add failed before anything reached Redis: nothing can be queued under this id by this request. */
+class NothingQueuedError extends Error {
+  override name = 'NothingQueuedError'
+}
+
+/** What differs between a purchase and a hold on their common path. */
+interface NewRecordKind<T> {
+  request: (id: string) => PurchaseRequest | HoldRequest
+  find: (db: Db, ticketOptionId: string, id: string) => Promise<T | null>
+  requestHash: string
+  /** purchases are counted for /metrics */
+  observed: boolean
+}
+
+export class SaleService {
+  private readonly knownOptions = new KnownOptions()
+
+  constructor (private readonly deps: SaleServiceDeps) {}
+
+  /** The option's limits, or null when there is no such option. */
+  async optionLimits (ticketOptionId: string): Promise<TicketOptionLimits | null> {
+    const known = this.knownOptions.get(ticketOptionId)
+    if (known !== undefined) return known
+    const limits = await ticketOptionLimits(this.deps.db, ticketOptionId)
+    if (limits !== null) this.knownOptions.add(ticketOptionId, limits)
+    return limits
+  }
+
+  async purchase (purchase: NewPurchase, idempotencyKey?: string): Promise<SubmitResult<PurchaseRecord>> {
+    return await this.submitNew(purchase.ticketOptionId, purchase.quantity, idempotencyKey, {
+      request: (purchaseId) => ({ ...purchase, kind: 'purchase', purchaseId, enqueuedAt: Date.now() }),
+      find: findPurchase,
+      requestHash: purchaseRequestHash(purchase.quantity),
+      observed: true,
+    })
+  }
+
+  async hold (hold: NewHold, idempotencyKey?: string): Promise<SubmitResult<ReservationRecord>> {
+    return await this.submitNew(hold.ticketOptionId, hold.quantity, idempotencyKey, {
+      request: (reservationId) => ({ ...hold, kind: 'hold', reservationId, enqueuedAt: Date.now() }),
+      find: findReservation,
+      requestHash: holdRequestHash(hold.quantity, hold.holdSeconds),
+      observed: false,
+    })
+  }
+
+  private async submitNew<T extends PurchaseRecord | ReservationRecord> (ticketOptionId: string, quantity: number, key: string | undefined, kind: NewRecordKind<T>): Promise<SubmitResult<T>> {
+    const limits = await this.optionLimits(ticketOptionId)
+    // Never create a queue (or any Redis key) for an id nobody created.
+    if (limits === null) return { kind: 'option_not_found' }
+    if (exceedsQuantityLimit(quantity, limits.maxPerPurchase)) return { kind: 'quantity_over_limit', limit: limits.maxPerPurchase ?? 0 }
+    // Before any database work, so a full queue costs one comparison in memory;
+    // the place itself is taken when the job is added (addJob).
+    if (await this.queueIsFull(ticketOptionId)) throw new QueueFullError()
+    const result = key === undefined
+      ? await this.enqueueAndWait(kind.request(randomUUID()), null, kind.find)
+      : await this.submitOnce(ticketOptionId, key, kind)
+    if (result.kind === 'recorded') return { ...result, limits }
+    return result
+  }
+
+  /** Whether the option's queue is full; a Redis that cannot say is a 503. */
+  private async queueIsFull (ticketOptionId: string): Promise<boolean> {
+    const { backpressure } = this.deps
+    if (backpressure === undefined) return false
+    try {
+      return await this.readQueueCount(async () => await backpressure.isFull(ticketOptionId), ticketOptionId)
+    } catch {
+      throw new ServiceUnavailableError('The purchase queue')
+    }
+  }
+
+  /** A read of the queue's length; when Redis cannot say, nothing was queued (a 503 SERVICE_UNAVAILABLE). */
+  private async readQueueCount<T> (read: () => Promise<T>, ticketOptionId: string): Promise<T> {
+    try {
+      return await read()
+    } catch (err) {
+      this.deps.log.warn({ err, ticketOptionId }, 'could not read the queue length')
+      throw new NothingQueuedError('the queue length could not be read', { cause: err })
+    }
+  }
+
+  /**
+   * Adds a request's job. The one place a queue slot lives: a place in the
+   * option's queue is taken for the add, kept when the job is added and given
+   * back otherwise. Throws QueueFullError or NothingQueuedError when nothing
+   * reached Redis, or the add's own error when Redis may have stored the job.
+   */
+  private async addJob (request: SaleRequest): Promise<void> {
+    const { queues, backpressure } = this.deps
+    const slot = backpressure === undefined
+      ? undefined
+      : await this.readQueueCount(async () => await backpressure.reserve(request.ticketOptionId), request.ticketOptionId)
+    if (slot === null) throw new QueueFullError()
+    try {
+      await queues.enqueue(request)
+      slot?.keep()
+    } catch (err) {
+      throw commandNeverSent(err) ? new NothingQueuedError('the add was never sent', { cause: err }) : err
+    } finally {
+      slot?.release() // does nothing once kept
+    }
+  }
+
+  /**
+   * Adds a new purchase's or hold's job and waits for its outcome. `key` is
+   * the Idempotency-Key this request claimed for it, if any.
+   */
+  private async enqueueAndWait<T> (request: PurchaseRequest | HoldRequest, key: string | null, find: NewRecordKind<T>['find']): Promise<SubmitResult<T>> {
+    const jobId = jobIdOf(request)
+    const wait = this.deps.waiter.wait(jobId, this.deps.waitMs)
+    try {
+      await this.addJob(request)
+    } catch (err) {
+      wait.cancel()
+      return await this.notQueued(request, key, err)
+    }
+    const record = (await wait.promise as T | null) ?? await find(this.deps.db, request.ticketOptionId, jobId)
+    return this.answered(record === null ? { kind: 'pending', id: jobId } : this.recorded(record), request)
+  }
+
+  /**
+   * After a failed add. When Redis may have stored the job, or when another
+   * request with the same key may add it meanwhile (see `follow`), the
+   * request is voided in PostgreSQL, so the 503 stays true, unless a worker
+   * recorded an outcome first, which is then the answer. A claimed key is let
+   * go, so a retry starts afresh.
+   */
+  private async notQueued<T> (request: PurchaseRequest | HoldRequest, key: string | null, err: unknown): Promise<SubmitResult<T>> {
+    const { db, log } = this.deps
+    const id = jobIdOf(request)
+    const nothingQueued = err instanceof NothingQueuedError || err instanceof QueueFullError
+    if (!(err instanceof QueueFullError)) log.warn({ err, id }, 'could not enqueue')
+    if (!nothingQueued || key !== null) {
+      try {
+        const recorded = await voidUnqueued(db, request)
+        if (recorded !== null) return this.answered(this.recorded(recorded as T), request)
+      } catch (voidErr) {
+        log.error({ err: voidErr, id }, 'could not void a request whose enqueue failed')
+        // Its fate is unknown: never claim nothing was bought.
+        return this.answered({ kind: 'pending', id }, request)
+      }
+    }
+    if (key !== null) {
+      await releaseIdempotencyKey(db, { ticket_option_id: request.ticketOptionId, user_id: request.userId, key, purchase_id: id })
+        .catch((releaseErr: unknown) => { log.warn({ err: releaseErr, id }, 'could not let an idempotency key go') })
+    }
+    throw err instanceof QueueFullError ? err : new ServiceUnavailableError('The purchase queue')
+  }
+
+  /**
+   * A purchase or hold with an Idempotency-Key (API.md): the request whose key
+   * row PostgreSQL inserts creates it; every other request with the key
+   * answers its outcome, or 422 when the request differs.
+   */
+  private async submitOnce<T extends PurchaseRecord | ReservationRecord> (ticketOptionId: string, key: string, kind: NewRecordKind<T>): Promise<SubmitResult<T>> {
+    const { db, idempotencyKeyTtlHours } = this.deps
+    for (let attempt = 1; attempt <= IDEMPOTENCY_CLAIM_ATTEMPTS; attempt++) {
+      const request = kind.request(randomUUID())
+      const claim = await claimIdempotencyKey(db, {
+        ticketOptionId, userId: request.userId, key, requestHash: kind.requestHash, purchaseId: jobIdOf(request), ttlHours: idempotencyKeyTtlHours,
+      })
+      if (claim.kind === 'claimed') return await this.enqueueAndWait(request, key, kind.find)
+      if (claim.kind === 'vanished') continue
+      if (claim.row.request_hash !== kind.requestHash) return { kind: 'idempotency_key_reused' }
+      const followed = await this.follow(kind.request(claim.row.purchase_id), kind.find)
+      if (followed !== null) return followed
+      // The key's request was never queued (its enqueue failed and it was voided): start afresh.
+      await releaseIdempotencyKey(db, claim.row)
+    }
+    throw new ServiceUnavailableError('The purchase queue')
+  }
+
+  /**
+   * The outcome of a request another one created with the same key; null
+   * when it was voided because it never reached a queue. When it is neither
+   * recorded nor queued (the API that claimed the key died before it
+   * enqueued, or has not enqueued yet), its job is added again: the job id is
+   * its id, so an existing job is left alone, and should the first request's
+   * enqueue fail after all, it voids it, and this job changes nothing.
+   */
+  private async follow<T extends PurchaseRecord | ReservationRecord> (request: PurchaseRequest | HoldRequest, find: NewRecordKind<T>['find']): Promise<SubmitResult<T> | null> {
+    const { db, waiter, waitMs, log } = this.deps
+    const { ticketOptionId } = request
+    const id = jobIdOf(request)
+    // Registered before anything is read, so an outcome published from now on is not missed.
+    const wait = waiter.wait(id, waitMs)
+    let recorded: T | null
+    try {
+      recorded = await find(db, ticketOptionId, id)
+      if (recorded === null && !await this.requeue(request)) {
+        wait.cancel() // Redis is down: no outcome will arrive; answer from PostgreSQL now
+        recorded = await find(db, ticketOptionId, id)
+      }
+    } catch (err) {
+      wait.cancel()
+      throw err
+    }
+    if (recorded === null) {
+      recorded = (await wait.promise as T | null) ?? await find(db, ticketOptionId, id)
+    } else {
+      wait.cancel()
+    }
+    if (recorded === null) return { kind: 'pending', id }
+    if (recorded.status === 'rejected' && recorded.reason === NOT_QUEUED) {
+      log.info({ id }, 'the request of an idempotency key was never queued')
+      return null
+    }
+    return this.recorded(recorded)
+  }
+
+  /**
+   * Makes sure the request's job is queued; false when Redis could not be
+   * asked. Takes no place in the queue: the request that claimed the key did.
+   */
+  private async requeue (request: SaleRequest): Promise<boolean> {
+    const { queues, log } = this.deps
+    const id = jobIdOf(request)
+    try {
+      if (await queues.jobState(request.ticketOptionId, id) === 'pending') return true
+      await queues.enqueue(request)
+      return true
+    } catch (err) {
+      log.warn({ err, id }, 'could not check or re-add the job of an idempotency key')
+      return false
+    }
+  }
+
+  /** A recorded outcome; the option's limits are added by submitNew, which knows them. */
+  private recorded<T> (record: T): SubmitResult<T> {
+    return { kind: 'recorded', record, limits: { maxPerPurchase: null, maxPerUser: null } }
+  }
+
+  private answered<T> (result: SubmitResult<T>, request: SaleRequest): SubmitResult<T> {
+    if (request.kind !== 'purchase') return result
+    if (result.kind === 'pending') this.deps.observer?.purchaseAnswered('pending', request.enqueuedAt)
+    else if (result.kind === 'recorded') this.deps.observer?.purchaseAnswered((result.record as PurchaseRecord).status === 'rejected' ? 'rejected' : 'succeeded', request.enqueuedAt)
+    return result
+  }
+
+  /** Confirms a hold: its tickets become a purchase (API.md "Holds"). */
+  async confirm (ticketOptionId: string, reservationId: string, userId: string, requestId: string): Promise<ChangeResult> {
+    const reservation = await this.reservationOf(ticketOptionId, reservationId, userId)
+    if (reservation.kind !== 'found') return reservation
+    const { record } = reservation
+    if (record.status === 'confirmed') return { kind: 'already', reservation: record, purchase: await this.purchaseOf(record) }
+    if (record.status !== 'held') return { kind: 'refused', status: record.status }
+    const request: ConfirmRequest = { kind: 'confirm', reservationId, purchaseId: randomUUID(), ticketOptionId, userId, requestId, enqueuedAt: Date.now() }
+    return await this.change(request, async () => {
+      const now = await findReservation(this.deps.db, ticketOptionId, reservationId)
+      if (now?.status === 'confirmed') return { kind: 'changed', reservation: now, purchase: await this.purchaseOf(now) }
+      return now === null || now.status === 'held' ? { kind: 'pending' } : { kind: 'refused', status: now.status }
+    })
+  }
+
+  /** Releases a hold: its tickets are available again (API.md "Holds"). */
+  async release (ticketOptionId: string, reservationId: string, userId: string, requestId: string): Promise<ChangeResult> {
+    const reservation = await this.reservationOf(ticketOptionId, reservationId, userId)
+    if (reservation.kind !== 'found') return reservation
+    const { record } = reservation
+    if (record.status === 'released') return { kind: 'already', reservation: record, purchase: null }
+    if (record.status !== 'held') return { kind: 'refused', status: record.status }
+    const request: ReleaseRequest = { kind: 'release', reservationId, ticketOptionId, userId, requestId, enqueuedAt: Date.now() }
+    return await this.change(request, async () => {
+      const now = await findReservation(this.deps.db, ticketOptionId, reservationId)
+      if (now?.status === 'released') return { kind: 'changed', reservation: now, purchase: null }
+      return now === null || now.status === 'held' ? { kind: 'pending' } : { kind: 'refused', status: now.status }
+    })
+  }
+
+  /** Cancels a succeeded purchase: its tickets are available again (API.md "Cancelling a purchase"). */
+  async cancel (ticketOptionId: string, purchaseId: string, userId: string, requestId: string): Promise<ChangeResult> {
+    if (await this.optionLimits(ticketOptionId) === null) return { kind: 'option_not_found' }
+    const purchase = await findPurchase(this.deps.db, ticketOptionId, purchaseId)
+    if (purchase === null) {
+      // Neither a cancel nor a refusal can be decided before the purchase is.
+      return await this.isQueued(ticketOptionId, purchaseId) ? { kind: 'refused', status: 'pending' } : { kind: 'not_found' }
+    }
+    if (purchase.user_id !== userId) return { kind: 'not_found' }
+    if (purchase.cancelled_at !== null) return { kind: 'already', reservation: null, purchase }
+    if (purchase.status !== 'succeeded') return { kind: 'refused', status: purchase.status }
+    const request: CancelRequest = { kind: 'cancel', purchaseId, ticketOptionId, userId, requestId, enqueuedAt: Date.now() }
+    return await this.change(request, async () => {
+      const now = await findPurchase(this.deps.db, ticketOptionId, purchaseId)
+      return now?.cancelled_at == null ? { kind: 'pending' } : { kind: 'changed', reservation: null, purchase: now }
+    })
+  }
+
+  /** The user's reservation, or why there is none to change. */
+  private async reservationOf (ticketOptionId: string, reservationId: string, userId: string): Promise<{ kind: 'found', record: ReservationRecord } | { kind: 'option_not_found' } | { kind: 'not_found' } | { kind: 'refused', status: string }> {
+    if (await this.optionLimits(ticketOptionId) === null) return { kind: 'option_not_found' }
+    const record = await findReservation(this.deps.db, ticketOptionId, reservationId)
+    if (record === null) {
+      return await this.isQueued(ticketOptionId, reservationId) ? { kind: 'refused', status: 'pending' } : { kind: 'not_found' }
+    }
+    return record.user_id === userId ? { kind: 'found', record } : { kind: 'not_found' }
+  }
+
+  private async purchaseOf (reservation: ReservationRecord): Promise<PurchaseRecord | null> {
+    return reservation.purchase_id === null ? null : await findPurchase(this.deps.db, reservation.ticket_option_id, reservation.purchase_id)
+  }
+
+  /**
+   * Queues a confirmation, release or cancellation and waits for what it did;
+   * `settled` reads the records when no outcome arrived in time. A 503 here
+   * means "try again": retrying is safe, each of them changes a state once.
+   */
+  private async change (request: ConfirmRequest | ReleaseRequest | CancelRequest, settled: () => Promise<ChangeResult>): Promise<ChangeResult> {
+    const jobId = jobIdOf(request)
+    const wait = this.deps.waiter.wait(jobId, this.deps.waitMs)
+    try {
+      await this.addJob(request)
+    } catch (err) {
+      wait.cancel()
+      if (err instanceof QueueFullError) throw err
+      this.deps.log.warn({ err, id: jobId }, 'could not enqueue')
+      throw new ServiceUnavailableError('The purchase queue')
+    }
+    const outcome: SaleOutcome | null = await wait.promise
+    if (outcome === null || !isChangeOutcome(outcome)) return await settled()
+    if (outcome.changed) return { kind: 'changed', reservation: outcome.reservation, purchase: outcome.purchase }
+    // Another request changed it first (a concurrent retry, or the expiry): say where it stands.
+    return await settled()
+  }
+
+  private async isQueued (ticketOptionId: string, jobId: string): Promise<boolean> {
+    try {
+      return await this.deps.queues.jobState(ticketOptionId, jobId) === 'pending'
+    } catch (err) {
+      this.deps.log.warn({ err, jobId }, 'could not read a job state')
+      throw new ServiceUnavailableError('The purchase queue')
+    }
+  }
+
+  /** What the status route says of a purchase or hold: recorded, pending in its queue, or unknown. */
+  async status (ticketOptionId: string, id: string, find: (db: Db, ticketOptionId: string, id: string) => Promise<PurchaseRecord | ReservationRecord | null>): Promise<StatusResult<PurchaseRecord | ReservationRecord>> {
+    if (await this.optionLimits(ticketOptionId) === null) return { kind: 'option_not_found' }
+    const recorded = await find(this.deps.db, ticketOptionId, id)
+    if (recorded !== null) return { kind: 'recorded', record: recorded }
+    if (await this.isQueued(ticketOptionId, id)) return { kind: 'pending' }
+    // The job may have completed between the two reads.
+    const late = await find(this.deps.db, ticketOptionId, id)
+    return late === null ? { kind: 'not_found' } : { kind: 'recorded', record: late }
+  }
+
+  async purchaseStatus (ticketOptionId: string, purchaseId: string): Promise<StatusResult<PurchaseRecord>> {
+    return await this.status(ticketOptionId, purchaseId, findPurchase) as StatusResult<PurchaseRecord>
+  }
+
+  async reservationStatus (ticketOptionId: string, reservationId: string): Promise<StatusResult<ReservationRecord>> {
+    return await this.status(ticketOptionId, reservationId, findReservation) as StatusResult<ReservationRecord>
+  }
+}

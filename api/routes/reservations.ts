@@ -1,0 +1,181 @@
+/**
+ * Holds (API.md "Holds: reserve now, confirm or release later"):
+ * POST /ticket_options/:id/reservations, GET …/reservations/:reservation_id,
+ * POST …/reservations/:reservation_id/confirm and …/release.
+ * A hold is queued and decided like a purchase, and answered the same way.
+ */
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { ReservationNotFoundError, TicketOptionNotFoundError } from '../../shared/error-catalogue'
+import type { PurchaseRecord, ReservationRecord } from '../../shared/purchases/sale-store'
+import type { ChangeResult } from '../purchasing/sale-service'
+import {
+  badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, tooManyRequests, unsupportedMediaType,
+} from '../schemas/responses'
+import { NotEnoughTicketsSchema, PurchaseHeadersSchema, PurchaseParamsSchema, PurchaseRefusedSchema, PurchaseSchema, StateConflictSchema, UserBodySchema } from '../schemas/purchases'
+import { CreateReservationSchema, PendingReservationSchema, ReservationParamsSchema, ReservationSchema } from '../schemas/reservations'
+import { answerSubmit, stateConflict } from './answers'
+import { purchaseBody } from './purchases'
+
+/** API.md: `hold_seconds` defaults to 600. */
+export const DEFAULT_HOLD_SECONDS = 600
+
+const reservationLocation = (ticketOptionId: string, reservationId: string): string =>
+  `/ticket_options/${ticketOptionId}/reservations/${reservationId}`
+
+/** A reservation as its routes show it: only the fields that apply. */
+function reservationBody (reservation: ReservationRecord) {
+  const { reason, available: _available, used: _used, purchase_id: purchaseId, expires_at: expiresAt, ...rest } = reservation
+  return {
+    ...rest,
+    ...(expiresAt === null ? {} : { expires_at: expiresAt }),
+    ...(purchaseId === null ? {} : { purchase_id: purchaseId }),
+    ...(reason === null ? {} : { reason }),
+  }
+}
+
+const userChange = {
+  params: ReservationParamsSchema,
+  body: UserBodySchema,
+}
+
+const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const { sales } = app
+
+  app.post('/ticket_options/:id/reservations', {
+    config: { rateLimit: {} },
+    schema: {
+      tags: ['holds'],
+      summary: 'Hold tickets for a user until expires_at, to confirm or release later',
+      params: PurchaseParamsSchema,
+      headers: PurchaseHeadersSchema,
+      body: CreateReservationSchema,
+      response: {
+        201: jsonResponse('The tickets are held for this user until expires_at', ReservationSchema, locationHeader('the reservation: /ticket_options/<id>/reservations/<reservation_id>')),
+        202: jsonResponse('Queued, but the outcome was not known within the wait limit: follow Location', PendingReservationSchema, locationHeader('the reservation')),
+        400: badRequest,
+        404: errorResponse('No such ticket option (TICKET_OPTION_NOT_FOUND); nothing was held'),
+        409: jsonResponse('Fewer than `quantity` tickets remain (NOT_ENOUGH_TICKETS), or the user would pass max_per_user (USER_LIMIT_REACHED); nothing was held', NotEnoughTicketsSchema),
+        413: payloadTooLarge,
+        415: unsupportedMediaType,
+        422: jsonResponse('More than the option\'s max_per_purchase (QUANTITY_OVER_LIMIT), or an Idempotency-Key used with another body (IDEMPOTENCY_KEY_REUSED); nothing was held', PurchaseRefusedSchema),
+        429: tooManyRequests,
+        503: serviceUnavailable,
+      },
+    },
+  }, async (request, reply) => {
+    const ticketOptionId = request.params.id.toLowerCase()
+    const { quantity, hold_seconds: holdSeconds = DEFAULT_HOLD_SECONDS } = request.body
+    const result = await sales.hold({
+      ticketOptionId,
+      userId: request.body.user_id.toLowerCase(),
+      quantity,
+      holdSeconds,
+      requestId: String(request.id),
+    }, request.headers['idempotency-key'])
+    return await answerSubmit(reply, result, {
+      ticketOptionId,
+      requested: quantity,
+      location: (id) => reservationLocation(ticketOptionId, id),
+      created: (reservation) => reservation.status === 'rejected' ? null : reservationBody(reservation),
+      idField: 'reservation_id',
+    })
+  })
+
+  app.get('/ticket_options/:id/reservations/:reservation_id', {
+    schema: {
+      tags: ['holds'],
+      summary: 'A reservation and its status: pending, held, confirmed, released, expired or rejected',
+      params: ReservationParamsSchema,
+      response: {
+        200: jsonResponse('The reservation and its status', ReservationSchema),
+        400: badRequest,
+        404: errorResponse('No such ticket option or reservation (TICKET_OPTION_NOT_FOUND, RESERVATION_NOT_FOUND)'),
+        503: serviceUnavailable,
+      },
+    },
+  }, async (request) => {
+    const ticketOptionId = request.params.id.toLowerCase()
+    const reservationId = request.params.reservation_id.toLowerCase()
+    const result = await sales.reservationStatus(ticketOptionId, reservationId)
+    switch (result.kind) {
+      case 'option_not_found':
+        throw new TicketOptionNotFoundError(ticketOptionId)
+      case 'not_found':
+        throw new ReservationNotFoundError(reservationId)
+      case 'pending':
+        return { id: reservationId, ticket_option_id: ticketOptionId, status: 'pending' as const }
+      case 'recorded':
+        return reservationBody(result.record)
+    }
+  })
+
+  /** The answers confirm and release share: 404, 409 with the state, 202. */
+  function refusal (result: Exclude<ChangeResult, { kind: 'changed' | 'already' }>, ticketOptionId: string, reservationId: string) {
+    switch (result.kind) {
+      case 'option_not_found': throw new TicketOptionNotFoundError(ticketOptionId)
+      case 'not_found': throw new ReservationNotFoundError(reservationId)
+      case 'refused': return { status: 409 as const, body: stateConflict('RESERVATION_NOT_ACTIVE', result.status) }
+      case 'pending': return { status: 202 as const, body: { id: reservationId, status: 'pending' as const } }
+    }
+  }
+
+  app.post('/ticket_options/:id/reservations/:reservation_id/confirm', {
+    schema: {
+      tags: ['holds'],
+      summary: 'Confirm a hold: its tickets become a purchase',
+      ...userChange,
+      response: {
+        200: jsonResponse('Confirmed before: the same purchase again', PurchaseSchema),
+        201: jsonResponse('The hold is now a purchase (with reservation_id)', PurchaseSchema, locationHeader('the purchase')),
+        202: jsonResponse('Queued, but not applied within the wait limit: read the reservation later', PendingReservationSchema, locationHeader('the reservation')),
+        400: badRequest,
+        404: errorResponse('No such ticket option, or no such reservation of this user (TICKET_OPTION_NOT_FOUND, RESERVATION_NOT_FOUND)'),
+        409: jsonResponse('The hold is no longer held: expired, released or rejected (RESERVATION_NOT_ACTIVE, with its `status`)', StateConflictSchema),
+        413: payloadTooLarge,
+        415: unsupportedMediaType,
+        503: serviceUnavailable,
+      },
+    },
+  }, async (request, reply) => {
+    const ticketOptionId = request.params.id.toLowerCase()
+    const reservationId = request.params.reservation_id.toLowerCase()
+    const result = await sales.confirm(ticketOptionId, reservationId, request.body.user_id.toLowerCase(), String(request.id))
+    if (result.kind === 'changed' || result.kind === 'already') {
+      const purchase = purchaseBody(result.purchase as PurchaseRecord)
+      const body = { ...purchase, status: 'succeeded' as const }
+      if (result.kind === 'already') return await reply.code(200).send(body)
+      return await reply.code(201).header('location', `/ticket_options/${ticketOptionId}/purchases/${purchase.id}`).send(body)
+    }
+    const { status, body } = refusal(result, ticketOptionId, reservationId)
+    if (status === 202) return await reply.code(202).header('location', reservationLocation(ticketOptionId, reservationId)).send(body)
+    return await reply.code(status).send(body)
+  })
+
+  app.post('/ticket_options/:id/reservations/:reservation_id/release', {
+    schema: {
+      tags: ['holds'],
+      summary: 'Release a hold: its tickets are available again',
+      ...userChange,
+      response: {
+        200: jsonResponse('The reservation, released (the same answer for every retry)', ReservationSchema),
+        202: jsonResponse('Queued, but not applied within the wait limit: read the reservation later', PendingReservationSchema, locationHeader('the reservation')),
+        400: badRequest,
+        404: errorResponse('No such ticket option, or no such reservation of this user (TICKET_OPTION_NOT_FOUND, RESERVATION_NOT_FOUND)'),
+        409: jsonResponse('The hold is confirmed, expired or rejected (RESERVATION_NOT_ACTIVE, with its `status`)', StateConflictSchema),
+        413: payloadTooLarge,
+        415: unsupportedMediaType,
+        503: serviceUnavailable,
+      },
+    },
+  }, async (request, reply) => {
+    const ticketOptionId = request.params.id.toLowerCase()
+    const reservationId = request.params.reservation_id.toLowerCase()
+    const result = await sales.release(ticketOptionId, reservationId, request.body.user_id.toLowerCase(), String(request.id))
+    if (result.kind === 'changed' || result.kind === 'already') return await reply.code(200).send(reservationBody(result.reservation as ReservationRecord))
+    const { status, body } = refusal(result, ticketOptionId, reservationId)
+    if (status === 202) return await reply.code(202).header('location', reservationLocation(ticketOptionId, reservationId)).send(body)
+    return await reply.code(status).send(body)
+  })
+}
+
+export default reservationRoutes

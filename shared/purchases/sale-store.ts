@@ -1,0 +1,427 @@
+/**
+ * The sale in PostgreSQL: applying a batch of one option's queued requests
+ * (purchases, holds, confirmations, releases, cancellations) under the
+ * option's row lock, recording rejections, and reading what is recorded.
+ * The rules that decide each outcome are in ./sale-rules.ts.
+ */
+import { decideBatch, type Decision, type StoredPurchase, type StoredReservation, type ReservationStatus, type Rejection } from './sale-rules'
+import { isPurchaseRequest, jobIdOf, type ConfirmRequest, type HoldRequest, type PurchaseRequest, type SaleRequest } from './sale-request'
+import { withTransaction, type Db, type DbClient } from '../db'
+
+export type PurchaseStatus = 'succeeded' | 'rejected'
+/** Reason of a purchase the API answered 503 for while its job may have reached Redis (see `voidUnqueued`). */
+export const NOT_QUEUED = 'not_queued'
+/** Reason of a purchase PostgreSQL refused to apply (see `rejectUnprocessable`). */
+export const UNPROCESSABLE = 'unprocessable'
+/** Why a purchase or hold was rejected; each maps to an error code in shared/error-catalogue.ts. */
+export type RejectionReason = Rejection | typeof NOT_QUEUED | typeof UNPROCESSABLE
+
+/** A recorded purchase, as the worker publishes it and the API answers with it. */
+export interface PurchaseRecord {
+  /** uuid; also the BullMQ job id */
+  id: string
+  ticket_option_id: string
+  user_id: string
+  quantity: number
+  status: PurchaseStatus
+  /** for a rejection: a RejectionReason */
+  reason: string | null
+  /** for a rejection: tickets left when it was decided */
+  available: number | null
+  /** for USER_LIMIT_REACHED: the user's tickets when it was decided */
+  used: number | null
+  /** the hold it confirmed, if any */
+  reservation_id: string | null
+  /** ISO 8601, once cancelled */
+  cancelled_at: string | null
+  /** ISO 8601 */
+  created_at: string
+}
+
+/** A recorded reservation (hold). */
+export interface ReservationRecord {
+  /** uuid; also the job id of the hold */
+  id: string
+  ticket_option_id: string
+  user_id: string
+  quantity: number
+  status: ReservationStatus
+  reason: string | null
+  available: number | null
+  used: number | null
+  /** ISO 8601; null for a rejected hold */
+  expires_at: string | null
+  /** the purchase a confirmation created */
+  purchase_id: string | null
+  created_at: string
+}
+
+/** The outcome of a confirmation, release or cancellation: what it changed, keyed by its job id. */
+export interface ChangeOutcome {
+  /** the job id (`confirm-…`, `release-…`, `cancel-…`) */
+  id: string
+  kind: 'confirm' | 'release' | 'cancel'
+  /** whether this request changed it (false: it was not in a state the request applies to) */
+  changed: boolean
+  reservation: ReservationRecord | null
+  purchase: PurchaseRecord | null
+}
+
+/** One outcome per request, published under its job id (`id`). */
+export type SaleOutcome = PurchaseRecord | ReservationRecord | ChangeOutcome
+
+export function isChangeOutcome (outcome: SaleOutcome): outcome is ChangeOutcome {
+  return 'changed' in outcome
+}
+
+const iso = (column: string): string => `to_char(${column} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`
+const PURCHASE_COLUMNS = `id, ticket_option_id, user_id, quantity, status, reason, available, used, reservation_id,
+  ${iso('cancelled_at')} as cancelled_at, ${iso('created_at')} as created_at`
+const RESERVATION_COLUMNS = `id, ticket_option_id, user_id, quantity, status, reason, available, used, purchase_id,
+  ${iso('expires_at')} as expires_at, ${iso('created_at')} as created_at`
+
+/** Thrown when a job names an option that does not exist; retrying cannot help. */
+export class UnknownTicketOptionError extends Error {
+  override name = 'UnknownTicketOptionError'
+}
+
+interface LockedOption {
+  allocation: number
+  held: number
+  max_per_purchase: number | null
+  max_per_user: number | null
+}
+
+const ms = (iso: string | null): number | null => iso === null ? null : Date.parse(iso)
+
+/**
+ * Applies requests of ONE option in arrival order, inside the caller's
+ * transaction. A purchase or hold already recorded (a redelivered job) keeps
+ * its recorded outcome and changes nothing more; a confirmation, release or
+ * cancellation changes only what is still in the state it applies to.
+ */
+export async function applySaleBatch (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[]): Promise<SaleOutcome[]> {
+  if (requests.some((r) => r.ticketOptionId !== ticketOptionId)) throw new Error('a batch must hold requests of one option')
+  const locked = await client.query<LockedOption>(
+    'select allocation, held, max_per_purchase, max_per_user from ticket_options where id = $1::uuid for update',
+    [ticketOptionId]
+  )
+  const option = locked.rows[0]
+  if (option === undefined) throw new UnknownTicketOptionError(`ticket option ${ticketOptionId} does not exist`)
+
+  // Statements of their own, after the lock: in READ COMMITTED they then see
+  // everything committed by whoever held the lock before us (a statement that
+  // locks and reads at once reads with the snapshot from before its wait).
+  const purchaseIds = requests.flatMap((r) => isPurchaseRequest(r) || r.kind === 'cancel' ? [r.purchaseId] : [])
+  const reservationIds = requests.flatMap((r) => r.kind === 'hold' || r.kind === 'confirm' || r.kind === 'release' ? [r.reservationId] : [])
+  const [purchaseRows, reservationRows] = await Promise.all([
+    readPurchases(client, purchaseIds),
+    readReservations(client, reservationIds),
+  ])
+  const now = Date.now()
+  const effects = decideBatch({
+    option: { available: option.allocation, held: option.held, maxPerPurchase: option.max_per_purchase, maxPerUser: option.max_per_user },
+    purchases: new Map(purchaseRows.map((p): [string, StoredPurchase] => [p.id, { id: p.id, userId: p.user_id, quantity: p.quantity, status: p.status, cancelled: p.cancelled_at !== null }])),
+    reservations: new Map(reservationRows.map((r): [string, StoredReservation] => [r.id, { id: r.id, userId: r.user_id, quantity: r.quantity, status: r.status, expiresAt: ms(r.expires_at) }])),
+    recordedHolds: new Set(reservationRows.map((r) => r.id)),
+    usage: option.max_per_user === null ? new Map() : await readUsage(client, ticketOptionId, requests),
+    now,
+  }, requests)
+
+  const written = await writeEffects(client, ticketOptionId, requests, effects.decisions, {
+    allocation: option.allocation,
+    held: option.held,
+    newAllocation: effects.available,
+    newHeld: effects.held,
+    expired: effects.expired,
+  })
+  return await outcomesOf(client, requests, effects.decisions, purchaseRows, reservationRows, written)
+}
+
+async function readPurchases (db: Db | DbClient, ids: readonly string[]): Promise<PurchaseRecord[]> {
+  if (ids.length === 0) return []
+  return (await db.query<PurchaseRecord>(`select ${PURCHASE_COLUMNS} from purchases where id = any($1::uuid[])`, [ids])).rows
+}
+
+async function readReservations (db: Db | DbClient, ids: readonly string[]): Promise<ReservationRecord[]> {
+  if (ids.length === 0) return []
+  return (await db.query<ReservationRecord>(`select ${RESERVATION_COLUMNS} from reservations where id = any($1::uuid[])`, [ids])).rows
+}
+
+/** max_per_user counts each user's succeeded purchases not cancelled plus active holds. */
+async function readUsage (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[]): Promise<Map<string, number>> {
+  const users = [...new Set(requests.map((r) => r.userId))]
+  const { rows } = await client.query<{ user_id: string, used: string }>(
+    `select user_id, sum(quantity) as used from (
+       select user_id, quantity from purchases
+        where ticket_option_id = $1::uuid and user_id = any($2::uuid[]) and status = 'succeeded' and cancelled_at is null
+       union all
+       select user_id, quantity from reservations
+        where ticket_option_id = $1::uuid and user_id = any($2::uuid[]) and status = 'held'
+     ) as held_or_bought group by user_id`,
+    [ticketOptionId, users]
+  )
+  return new Map(rows.map((r) => [r.user_id, Number(r.used)]))
+}
+
+interface Counters {
+  allocation: number
+  held: number
+  newAllocation: number
+  newHeld: number
+  /** holds a confirmation found past their time */
+  expired: string[]
+}
+
+/**
+ * Writes a batch's decisions in one statement: the new purchases (confirmed
+ * holds among them) and holds, the holds that changed status, the cancelled
+ * purchases, and the option's counters (left alone when nothing changed).
+ * Purchases a reservation update names are inserted by a sibling part of the
+ * statement: foreign keys are checked at its end. Returns the new purchases.
+ */
+async function writeEffects (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[], decisions: readonly Decision[], counters: Counters): Promise<PurchaseRecord[]> {
+  const purchases: Array<{ id: string, userId: string, quantity: number, status: string, reason: string | null, available: number | null, used: number | null, request: SaleRequest, reservationId: string | null }> = []
+  const holds: Array<{ request: HoldRequest, status: string, reason: string | null, available: number | null, used: number | null, expiresAt: number | null }> = []
+  const changed: Array<{ id: string, status: string, purchaseId: string | null }> = counters.expired.map((id) => ({ id, status: 'expired', purchaseId: null }))
+  const cancelled: string[] = []
+  const confirms: ConfirmRequest[] = []
+
+  requests.forEach((request, i) => {
+    const d = decisions[i] as Decision
+    if (d.kind === 'purchase' && isPurchaseRequest(request)) {
+      const rejected = d.status === 'rejected'
+      purchases.push({
+        id: request.purchaseId,
+        userId: request.userId,
+        quantity: request.quantity,
+        status: d.status,
+        request,
+        reservationId: null,
+        reason: rejected ? d.reason : null,
+        available: rejected ? d.availableBefore : null,
+        used: rejected ? d.used : null,
+      })
+    } else if (d.kind === 'hold' && request.kind === 'hold') {
+      const rejected = d.status === 'rejected'
+      holds.push({
+        request,
+        status: d.status,
+        reason: rejected ? d.reason : null,
+        available: rejected ? d.availableBefore : null,
+        used: rejected ? d.used : null,
+        expiresAt: d.status === 'held' ? d.expiresAt : null,
+      })
+    } else if (d.kind === 'confirm' && d.status === 'confirmed' && request.kind === 'confirm') {
+      confirms.push(request)
+      changed.push({ id: request.reservationId, status: 'confirmed', purchaseId: request.purchaseId })
+    } else if (d.kind === 'release' && d.status === 'released' && request.kind === 'release') {
+      changed.push({ id: request.reservationId, status: 'released', purchaseId: null })
+    } else if (d.kind === 'cancel' && d.status === 'cancelled' && request.kind === 'cancel') {
+      cancelled.push(request.purchaseId)
+    }
+  })
+  const countersChange = counters.newAllocation !== counters.allocation || counters.newHeld !== counters.held
+  if (purchases.length === 0 && holds.length === 0 && changed.length === 0 && cancelled.length === 0 && confirms.length === 0 && !countersChange) return []
+
+  // A confirmation's purchase takes the reservation's user and quantity.
+  const confirmed = confirms.length === 0
+    ? []
+    : (await client.query<{ id: string, user_id: string, quantity: number }>('select id, user_id, quantity from reservations where id = any($1::uuid[])', [confirms.map((c) => c.reservationId)])).rows
+  const heldBy = new Map(confirmed.map((r) => [r.id, r]))
+  for (const c of confirms) {
+    const hold = heldBy.get(c.reservationId)
+    if (hold === undefined) throw new Error(`reservation ${c.reservationId} vanished under its option's lock`)
+    purchases.push({ id: c.purchaseId, userId: hold.user_id, quantity: hold.quantity, status: 'succeeded', reason: null, available: null, used: null, request: c, reservationId: c.reservationId })
+  }
+
+  const { rows } = await client.query<PurchaseRecord>(
+    `with new_purchases as (
+       insert into purchases (id, ticket_option_id, user_id, quantity, status, reason, available, used, request_id, enqueued_at, reservation_id)
+       select p.id, $1::uuid, p.user_id, p.quantity, p.status, p.reason, p.available, p.used, p.request_id, to_timestamp(p.enqueued_at / 1000.0), p.reservation_id
+         from unnest($2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::text[], $10::bigint[], $11::uuid[])
+              with ordinality as p(id, user_id, quantity, status, reason, available, used, request_id, enqueued_at, reservation_id, ord)
+        order by p.ord
+       returning ${PURCHASE_COLUMNS}
+     ), new_holds as (
+       insert into reservations (id, ticket_option_id, user_id, quantity, status, reason, available, used, expires_at, request_id, enqueued_at)
+       select h.id, $1::uuid, h.user_id, h.quantity, h.status, h.reason, h.available, h.used, to_timestamp(h.expires_at / 1000.0), h.request_id, to_timestamp(h.enqueued_at / 1000.0)
+         from unnest($12::uuid[], $13::uuid[], $14::integer[], $15::text[], $16::text[], $17::integer[], $18::integer[], $19::bigint[], $20::text[], $21::bigint[])
+              with ordinality as h(id, user_id, quantity, status, reason, available, used, expires_at, request_id, enqueued_at, ord)
+        order by h.ord
+     ), changed_holds as (
+       update reservations r set status = c.status, purchase_id = c.purchase_id, decided_at = now()
+         from unnest($22::uuid[], $23::text[], $24::uuid[]) as c(id, status, purchase_id)
+        where r.id = c.id and r.status = 'held'
+     ), cancelled as (
+       update purchases set cancelled_at = now()
+        where id = any($25::uuid[]) and status = 'succeeded' and cancelled_at is null
+     ), counters as (
+       update ticket_options set allocation = $26::integer, held = $27::integer, updated_at = now()
+        where id = $1::uuid and (allocation <> $26::integer or held <> $27::integer)
+     )
+     select * from new_purchases`,
+    [
+      ticketOptionId,
+      purchases.map((p) => p.id), purchases.map((p) => p.userId), purchases.map((p) => p.quantity), purchases.map((p) => p.status),
+      purchases.map((p) => p.reason), purchases.map((p) => p.available), purchases.map((p) => p.used),
+      purchases.map((p) => p.request.requestId), purchases.map((p) => p.request.enqueuedAt), purchases.map((p) => p.reservationId),
+      holds.map((h) => h.request.reservationId), holds.map((h) => h.request.userId), holds.map((h) => h.request.quantity), holds.map((h) => h.status),
+      holds.map((h) => h.reason), holds.map((h) => h.available), holds.map((h) => h.used), holds.map((h) => h.expiresAt),
+      holds.map((h) => h.request.requestId), holds.map((h) => h.request.enqueuedAt),
+      changed.map((c) => c.id), changed.map((c) => c.status), changed.map((c) => c.purchaseId),
+      cancelled,
+      counters.newAllocation, counters.newHeld,
+    ]
+  )
+  return rows
+}
+
+/** One outcome per request, in order, from the records as they stand after the batch. */
+async function outcomesOf (client: DbClient, requests: readonly SaleRequest[], decisions: readonly Decision[], purchasesBefore: readonly PurchaseRecord[], reservationsBefore: readonly ReservationRecord[], newPurchases: readonly PurchaseRecord[]): Promise<SaleOutcome[]> {
+  const purchases = new Map(purchasesBefore.map((p) => [p.id, p]))
+  for (const p of newPurchases) purchases.set(p.id, p)
+  const reservations = new Map(reservationsBefore.map((r) => [r.id, r]))
+  // Records this batch changed or created beyond the new purchases: read again (holds, and
+  // reservations and purchases that a confirmation, release or cancellation touched).
+  const stale = requests.filter((r) => !isPurchaseRequest(r))
+  if (stale.length > 0) {
+    const [p, r] = await Promise.all([
+      readPurchases(client, stale.flatMap((q) => q.kind === 'cancel' || q.kind === 'confirm' ? [q.purchaseId] : [])),
+      readReservations(client, stale.flatMap((q) => q.kind === 'hold' || q.kind === 'confirm' || q.kind === 'release' ? [q.reservationId] : [])),
+    ])
+    for (const row of p) purchases.set(row.id, row)
+    for (const row of r) reservations.set(row.id, row)
+  }
+  function outcomeOf (request: SaleRequest, d: Decision): SaleOutcome {
+    switch (request.kind) {
+      case undefined:
+      case 'purchase': return purchases.get(request.purchaseId) as PurchaseRecord
+      case 'hold': return reservations.get(request.reservationId) as ReservationRecord
+      case 'confirm': {
+        const reservation = reservations.get(request.reservationId) ?? null
+        const purchase = reservation?.purchase_id == null ? null : purchases.get(reservation.purchase_id) ?? null
+        return { id: jobIdOf(request), kind: 'confirm', changed: d.kind === 'confirm' && d.status === 'confirmed', reservation, purchase }
+      }
+      case 'release':
+        return { id: jobIdOf(request), kind: 'release', changed: d.kind === 'release' && d.status === 'released', reservation: reservations.get(request.reservationId) ?? null, purchase: null }
+      case 'cancel':
+        return { id: jobIdOf(request), kind: 'cancel', changed: d.kind === 'cancel' && d.status === 'cancelled', reservation: null, purchase: purchases.get(request.purchaseId) ?? null }
+    }
+  }
+  return requests.map((request, i) => outcomeOf(request, decisions[i] as Decision))
+}
+
+/**
+ * Records a purchase or hold as rejected with `reason` unless it is recorded
+ * already, in a transaction of its own under the option's row lock (so it
+ * never races a worker's batch into a duplicate key). `requestId` null leaves
+ * the request id out, for a request whose data PostgreSQL refused. Returns
+ * whether this call recorded it, and what is recorded.
+ */
+async function recordRejection (db: Db, request: PurchaseRequest | HoldRequest, reason: RejectionReason, requestId: string | null): Promise<{ inserted: boolean, record: PurchaseRecord | ReservationRecord }> {
+  return await withTransaction(db, async (client) => {
+    await client.query('select 1 from ticket_options where id = $1::uuid for update', [request.ticketOptionId])
+    const values = [jobIdOf(request), request.ticketOptionId, request.userId, request.quantity, reason, requestId, request.enqueuedAt]
+    const inserted = request.kind === 'hold'
+      ? await client.query<ReservationRecord>(
+        `insert into reservations (id, ticket_option_id, user_id, quantity, status, reason, request_id, enqueued_at)
+         values ($1::uuid, $2::uuid, $3::uuid, $4::integer, 'rejected', $5::text, $6::text, to_timestamp($7::bigint / 1000.0))
+         on conflict (id) do nothing
+         returning ${RESERVATION_COLUMNS}`, values)
+      : await client.query<PurchaseRecord>(
+        `insert into purchases (id, ticket_option_id, user_id, quantity, status, reason, request_id, enqueued_at)
+         values ($1::uuid, $2::uuid, $3::uuid, $4::integer, 'rejected', $5::text, $6::text, to_timestamp($7::bigint / 1000.0))
+         on conflict (id) do nothing
+         returning ${PURCHASE_COLUMNS}`, values)
+    const record = inserted.rows[0] ?? (request.kind === 'hold'
+      ? (await readReservations(client, [request.reservationId]))[0]
+      : (await readPurchases(client, [request.purchaseId]))[0])
+    if (record === undefined) throw new Error(`${jobIdOf(request)} is neither recorded nor recordable`)
+    return { inserted: inserted.rowCount === 1, record }
+  })
+}
+
+/**
+ * For a purchase or hold whose enqueue failed ambiguously (Redis dropped the
+ * connection after the command was sent, so the job may exist): records it as
+ * rejected `not_queued`, so a worker that meets the job later returns that and
+ * changes nothing (invariant 3), and the API's 503 stays true (API.md: a 503
+ * bought nothing). Returns null when voided, or the outcome a worker recorded
+ * first, which the API answers with instead.
+ */
+export async function voidUnqueued (db: Db, request: PurchaseRequest | HoldRequest): Promise<PurchaseRecord | ReservationRecord | null> {
+  const { inserted, record } = await recordRejection(db, request, NOT_QUEUED, request.requestId)
+  return inserted ? null : record
+}
+
+/**
+ * For a request PostgreSQL refuses to apply (not a passing outage: its own
+ * data is wrong, say a NUL byte in a text field). A purchase or hold is
+ * recorded as rejected `unprocessable`, in its turn, so the requests queued
+ * behind it are applied after it and never overtake it (invariant 4); a
+ * confirmation, release or cancellation changes nothing and says so.
+ */
+export async function rejectUnprocessable (db: Db, request: SaleRequest): Promise<SaleOutcome> {
+  if (isPurchaseRequest(request) || request.kind === 'hold') return (await recordRejection(db, request, UNPROCESSABLE, null)).record
+  const reservation = request.kind === 'cancel' ? null : await findReservation(db, request.ticketOptionId, request.reservationId)
+  const purchase = request.kind === 'cancel' ? await findPurchase(db, request.ticketOptionId, request.purchaseId) : null
+  return { id: jobIdOf(request), kind: request.kind, changed: false, reservation, purchase }
+}
+
+/** The recorded outcome of a purchase, or null when it has not been applied (yet). */
+export async function findPurchase (db: Db | DbClient, ticketOptionId: string, purchaseId: string): Promise<PurchaseRecord | null> {
+  const { rows } = await db.query<PurchaseRecord>(
+    `select ${PURCHASE_COLUMNS} from purchases where id = $1::uuid and ticket_option_id = $2::uuid`,
+    [purchaseId, ticketOptionId]
+  )
+  return rows[0] ?? null
+}
+
+/** A recorded reservation, or null when its hold has not been applied (yet). */
+export async function findReservation (db: Db | DbClient, ticketOptionId: string, reservationId: string): Promise<ReservationRecord | null> {
+  const { rows } = await db.query<ReservationRecord>(
+    `select ${RESERVATION_COLUMNS} from reservations where id = $1::uuid and ticket_option_id = $2::uuid`,
+    [reservationId, ticketOptionId]
+  )
+  return rows[0] ?? null
+}
+
+/** Options with at least one hold past its time, oldest deadline first. */
+export async function optionsWithExpiredHolds (db: Db, limit = 100): Promise<string[]> {
+  const { rows } = await db.query<{ ticket_option_id: string }>(
+    `select ticket_option_id from reservations
+      where status = 'held' and expires_at <= now()
+      group by ticket_option_id order by min(expires_at) limit $1::integer`,
+    [limit]
+  )
+  return rows.map((r) => r.ticket_option_id)
+}
+
+/**
+ * Expires the option's holds past their time and gives their tickets back, in
+ * one transaction under the option's row lock, so it is ordered with the
+ * option's batches: a confirmation decided before it wins, one after it finds
+ * the hold expired (sale-rules.ts decides the same for a confirmation that
+ * arrives first). Returns how many tickets came back.
+ */
+export async function expireHolds (db: Db, ticketOptionId: string): Promise<{ holds: number, tickets: number }> {
+  return await withTransaction(db, async (client) => {
+    await client.query('select 1 from ticket_options where id = $1::uuid for update', [ticketOptionId])
+    const { rows } = await client.query<{ holds: number, tickets: number }>(
+      `with expired as (
+         update reservations set status = 'expired', decided_at = now()
+          where ticket_option_id = $1::uuid and status = 'held' and expires_at <= now()
+         returning quantity
+       ), back as (
+         update ticket_options o
+            set allocation = o.allocation + e.tickets, held = o.held - e.tickets, updated_at = now()
+           from (select coalesce(sum(quantity), 0)::integer as tickets from expired) e
+          where o.id = $1::uuid and e.tickets > 0
+       )
+       select count(*)::integer as holds, coalesce(sum(quantity), 0)::integer as tickets from expired`,
+      [ticketOptionId]
+    )
+    return rows[0] ?? { holds: 0, tickets: 0 }
+  })
+}
