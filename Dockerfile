@@ -21,6 +21,8 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist ./dist
 # The migration runner reads the .sql files from ../../migrations relative to dist/migrations.
 COPY migrations/*.sql ./migrations/
+# Pages served only with EXAMPLES=true (the waiting room).
+COPY examples ./examples
 USER node
 EXPOSE 3000 3001
 CMD ["node", "dist/api/server.js"]

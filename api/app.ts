@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import sse from '@fastify/sse'
 import type { Config, TrustProxy } from '../shared/config'
 import { loggerOptions } from '../shared/logger'
 import { clientErrorHandler, frameworkErrorHandler } from './client-errors'
@@ -19,6 +20,7 @@ import metrics from './plugins/metrics'
 import openapi from './plugins/openapi'
 import purchasing from './plugins/purchasing'
 import rateLimit from './plugins/rate-limit'
+import exampleRoutes from './routes/examples'
 import healthRoutes from './routes/health'
 import metricsRoutes from './routes/metrics'
 import purchaseRoutes from './routes/purchases'
@@ -29,7 +31,10 @@ import {
   CancelledPurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseRefusedSchema, PurchaseSchema, PurchaseStatusSchema, StateConflictSchema,
 } from './schemas/purchases'
 import { PendingReservationSchema, ReservationSchema } from './schemas/reservations'
-import { LedgerSchema, TicketOptionSchema } from './schemas/ticket-options'
+import { LedgerSchema, QueueLineSchema, TicketOptionSchema } from './schemas/ticket-options'
+
+/** Heartbeat of event streams (ms). */
+const SSE_HEARTBEAT_MS = 15_000
 
 /** How often Node looks for requests past REQUEST_TIMEOUT_MS (ms). */
 const REQUEST_TIMEOUT_CHECK_MS = 500
@@ -80,7 +85,7 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
   app.addHook('onRequest', async (request, reply) => { reply.header('x-request-id', request.id) })
 
   for (const schema of [
-    ErrorSchema, TicketOptionSchema, LedgerSchema, PurchaseSchema, CancelledPurchaseSchema, NotEnoughTicketsSchema, PurchaseRefusedSchema,
+    ErrorSchema, TicketOptionSchema, LedgerSchema, QueueLineSchema, PurchaseSchema, CancelledPurchaseSchema, NotEnoughTicketsSchema, PurchaseRefusedSchema,
     StateConflictSchema, PendingPurchaseSchema, PurchaseStatusSchema, ReservationSchema, PendingReservationSchema,
   ]) {
     app.addSchema(schema)
@@ -95,6 +100,9 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
   // Before the routes: @fastify/swagger collects them as they are registered.
   await app.register(openapi)
   await app.register(purchasing, { config })
+  // Server-Sent Events for the events routes (reply.sse); a heartbeat comment every 15 s keeps
+  // proxies from closing a quiet stream and tells a stream whose client is gone.
+  await app.register(sse, { heartbeatInterval: SSE_HEARTBEAT_MS })
   await app.register(dashboard, { config })
 
   await app.register(ticketOptionRoutes)
@@ -102,6 +110,7 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
   await app.register(reservationRoutes)
   await app.register(healthRoutes)
   await app.register(metricsRoutes)
+  if (config.examples) await app.register(exampleRoutes)
 
   return app
 }

@@ -71,6 +71,8 @@ export const EnvSchema = Type.Object({
   HOLD_SWEEP_MS: Int('1000'),
   /** How often the API checks the ledger of recently active options (ms); an imbalance is logged and counted in /metrics. */
   RECONCILE_INTERVAL_MS: Int('30000'),
+  /** Serves examples/waiting-room.html at /examples/waiting-room. */
+  EXAMPLES: Bool('false'),
 })
 
 /** Settings that no longer exist, and what to do instead: a process started with one stops and says so. */
@@ -108,6 +110,8 @@ export interface Config {
   readonly trustProxy: TrustProxy
   readonly holdSweepMs: number
   readonly reconcileIntervalMs: number
+  /** serve the example pages (examples/) */
+  readonly examples: boolean
 }
 
 /** Fastify's `trustProxy`: trust none, all, this many hops, or these addresses and ranges. */
@@ -226,6 +230,7 @@ export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
     trustProxy: trustProxy(env),
     holdSweepMs: intIn(env, 'HOLD_SWEEP_MS', 100, 60_000),
     reconcileIntervalMs: intIn(env, 'RECONCILE_INTERVAL_MS', 1000, 86_400_000),
+    examples: env.EXAMPLES === 'true',
   } satisfies Config)
 }
 

@@ -9,6 +9,7 @@
  */
 import type { Logger } from 'pino'
 import type { Db } from '../shared/db'
+import { startPeriodicTask } from '../shared/periodic-task'
 import { expireHolds, optionsWithExpiredHolds } from '../shared/purchases/sale-store'
 
 export interface HoldSweeper {
@@ -18,28 +19,14 @@ export interface HoldSweeper {
 }
 
 export function startHoldSweeper (db: Db, log: Logger, intervalMs: number): HoldSweeper {
-  let running: Promise<number> | undefined
-  const sweep = async (): Promise<number> => {
-    running ??= (async () => {
-      let expired = 0
-      for (const ticketOptionId of await optionsWithExpiredHolds(db)) {
-        const { holds, tickets } = await expireHolds(db, ticketOptionId)
-        if (holds > 0) log.info({ ticketOptionId, holds, tickets }, 'holds expired, their tickets are available again')
-        expired += holds
-      }
-      return expired
-    })().finally(() => { running = undefined })
-    return await running
-  }
-  const timer = setInterval(() => {
-    sweep().catch((err: unknown) => { log.warn({ err }, 'could not expire holds') })
-  }, intervalMs)
-  timer.unref()
-  return {
-    sweep,
-    async stop () {
-      clearInterval(timer)
-      await running?.catch(() => 0)
-    },
-  }
+  const task = startPeriodicTask(async () => {
+    let expired = 0
+    for (const ticketOptionId of await optionsWithExpiredHolds(db)) {
+      const { holds, tickets } = await expireHolds(db, ticketOptionId)
+      if (holds > 0) log.info({ ticketOptionId, holds, tickets }, 'holds expired, their tickets are available again')
+      expired += holds
+    }
+    return expired
+  }, intervalMs, (err) => { log.warn({ err }, 'could not expire holds') })
+  return { sweep: task.run, stop: task.stop }
 }

@@ -8,6 +8,7 @@
 import type { Logger } from 'pino'
 import type { Db } from '../shared/db'
 import { deleteExpiredIdempotencyKeys } from '../shared/idempotency-keys'
+import { startPeriodicTask } from '../shared/periodic-task'
 
 /** Often enough that the table stays near one TTL's worth of keys; rare enough to cost nothing. */
 export const KEY_SWEEP_INTERVAL_MS = 10 * 60_000
@@ -19,29 +20,15 @@ export interface KeySweeper {
 }
 
 export function startKeySweeper (db: Db, log: Logger, intervalMs = KEY_SWEEP_INTERVAL_MS): KeySweeper {
-  let running: Promise<number> | undefined
-  const sweep = async (): Promise<number> => {
-    running ??= (async () => {
-      let total = 0
-      // Bounded batches, so one sweep never holds a long transaction.
-      for (let deleted = -1; deleted !== 0 && total < 1_000_000;) {
-        deleted = await deleteExpiredIdempotencyKeys(db)
-        total += deleted
-      }
-      if (total > 0) log.info({ deleted: total }, 'expired idempotency keys deleted')
-      return total
-    })().finally(() => { running = undefined })
-    return await running
-  }
-  const timer = setInterval(() => {
-    sweep().catch((err: unknown) => { log.warn({ err }, 'could not delete expired idempotency keys') })
-  }, intervalMs)
-  timer.unref()
-  return {
-    sweep,
-    async stop () {
-      clearInterval(timer)
-      await running?.catch(() => 0)
-    },
-  }
+  const task = startPeriodicTask(async () => {
+    let total = 0
+    // Bounded batches, so one sweep never holds a long transaction.
+    for (let deleted = -1; deleted !== 0 && total < 1_000_000;) {
+      deleted = await deleteExpiredIdempotencyKeys(db)
+      total += deleted
+    }
+    if (total > 0) log.info({ deleted: total }, 'expired idempotency keys deleted')
+    return total
+  }, intervalMs, (err) => { log.warn({ err }, 'could not delete expired idempotency keys') })
+  return { sweep: task.run, stop: task.stop }
 }

@@ -70,6 +70,12 @@ export class ApiMetrics implements PurchaseObserver {
     registers: [this.registry],
   })
 
+  readonly eventStreamsOpen = new Gauge({
+    name: 'event_streams_open',
+    help: 'Server-Sent Event streams of queued purchases and holds open on this API process',
+    registers: [this.registry],
+  })
+
   readonly ticketOptionsUnbalanced = new Gauge({
     name: 'ticket_options_unbalanced',
     help: 'Recently active options whose ledger does not balance (initial_allocation != available + held + sold) at the last check; 0 when all is well',

@@ -7,6 +7,7 @@
  */
 import type { Logger } from 'pino'
 import type { Db } from '../../shared/db'
+import { startPeriodicTask } from '../../shared/periodic-task'
 import { ledgersOf, recentlyActiveOptions } from '../../shared/purchases/ledger'
 
 export interface LedgerReconciler {
@@ -19,27 +20,13 @@ export interface LedgerReconciler {
 const LOOKBACK_FLOOR_SECONDS = 300
 
 export function startLedgerReconciler (db: Db, log: Logger, intervalMs: number, report: (unbalanced: number) => void): LedgerReconciler {
-  let running: Promise<number> | undefined
   const lookbackSeconds = Math.max(LOOKBACK_FLOOR_SECONDS, Math.ceil((3 * intervalMs) / 1000))
-  const check = async (): Promise<number> => {
-    running ??= (async () => {
-      const ledgers = await ledgersOf(db, await recentlyActiveOptions(db, lookbackSeconds))
-      const unbalanced = ledgers.filter((l) => !l.balanced)
-      for (const ledger of unbalanced) log.error({ ledger }, 'ticket option does not balance: initial_allocation != available + held + sold')
-      report(unbalanced.length)
-      return unbalanced.length
-    })().finally(() => { running = undefined })
-    return await running
-  }
-  const timer = setInterval(() => {
-    check().catch((err: unknown) => { log.warn({ err }, 'could not check the ledgers') })
-  }, intervalMs)
-  timer.unref()
-  return {
-    check,
-    async stop () {
-      clearInterval(timer)
-      await running?.catch(() => 0)
-    },
-  }
+  const task = startPeriodicTask(async () => {
+    const ledgers = await ledgersOf(db, await recentlyActiveOptions(db, lookbackSeconds))
+    const unbalanced = ledgers.filter((l) => !l.balanced)
+    for (const ledger of unbalanced) log.error({ ledger }, 'ticket option does not balance: initial_allocation != available + held + sold')
+    report(unbalanced.length)
+    return unbalanced.length
+  }, intervalMs, (err) => { log.warn({ err }, 'could not check the ledgers') })
+  return { check: task.run, stop: task.stop }
 }

@@ -6,7 +6,8 @@
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import { purchaseOutcomesChannel } from '../../shared/queues/queue-names'
-import { parseOutcomes } from '../../shared/purchases/purchase-outcomes'
+import { parseLineMessage, type LineMessage } from '../../shared/purchases/purchase-outcomes'
+import type { QueueLine } from './queue-line'
 import type { SaleOutcome } from '../../shared/purchases/sale-store'
 
 export interface OutcomeWait {
@@ -21,26 +22,34 @@ export class OutcomeWaiter {
   private readonly waiters = new Map<string, Set<Resolver>>()
   private readonly channel: string
 
-  constructor (private readonly subscriber: Redis, prefix: string, private readonly log: Logger) {
+  /** `line` hears every batch too, to keep each option's place in line (queue-line.ts). */
+  constructor (private readonly subscriber: Redis, prefix: string, private readonly log: Logger, private readonly line?: QueueLine) {
     this.channel = purchaseOutcomesChannel(prefix)
   }
 
   async start (): Promise<void> {
     this.subscriber.on('message', (channel: string, message: string) => {
-      if (channel !== this.channel || this.waiters.size === 0) return
-      let outcomes: SaleOutcome[]
+      if (channel !== this.channel) return
+      let parsed: LineMessage | null
       try {
-        outcomes = parseOutcomes(message)
+        parsed = parseLineMessage(message)
       } catch (err) {
         this.log.warn({ err }, 'unreadable purchase outcome message')
         return
       }
-      for (const outcome of outcomes) this.settle(outcome.id, outcome)
+      if (parsed?.type === 'applying') {
+        this.line?.applying(parsed.ticketOptionId, parsed.applyingLine)
+      } else if (parsed?.type === 'applied') {
+        if (parsed.ticketOptionId !== '') this.line?.applied(parsed.ticketOptionId, parsed.appliedLine, parsed.count, parsed.at)
+        if (this.waiters.size > 0) for (const outcome of parsed.outcomes) this.settle(outcome.id, outcome)
+      }
     })
     // ioredis re-subscribes by itself after a reconnect, but only if the
     // connection it lost had subscribed; after a reconnect that failed midway
-    // it may not know. Subscribing again on every ready is harmless.
+    // it may not know. Subscribing again on every ready is harmless. Messages
+    // may have been missed meanwhile: the applied line numbers are read again.
     this.subscriber.on('ready', () => {
+      this.line?.forgetApplied()
       this.subscriber.subscribe(this.channel).catch((err: unknown) => { this.log.warn({ err }, 'could not subscribe to purchase outcomes') })
     })
     await this.subscriber.subscribe(this.channel)
@@ -66,6 +75,11 @@ export class OutcomeWaiter {
     const timer = setTimeout(() => { done(null) }, timeoutMs)
     set.add(done)
     return { promise, cancel: () => { done(null) } }
+  }
+
+  /** Requests waiting for an outcome (a stream whose client left must leave none behind). */
+  get waiting (): number {
+    return this.waiters.size
   }
 
   private settle (jobId: string, record: SaleOutcome): void {

@@ -104,6 +104,18 @@ export class PurchaseQueues {
     return state === 'unknown' || state === 'completed' || state === 'failed' ? 'unknown' : 'pending'
   }
 
+  /**
+   * A job still waiting or being applied, with its number in the option's
+   * line (absent for a job of older code); null when it is not pending. One
+   * read of the job's hash.
+   */
+  async pendingJob (ticketOptionId: string, jobId: string): Promise<{ line: number | null } | null> {
+    const job = await this.get(ticketOptionId).queue.getJob(jobId)
+    if (job === undefined || job.finishedOn !== undefined) return null
+    const line: unknown = (job.data as { line?: unknown } | undefined)?.line
+    return { line: typeof line === 'number' ? line : null }
+  }
+
   async close (): Promise<void> {
     const queues = [...this.open.values()]
     this.open.clear()

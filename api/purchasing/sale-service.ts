@@ -25,6 +25,7 @@ import { KnownOptions } from './known-options'
 import type { OutcomeWaiter } from './outcome-waiter'
 import type { PurchaseQueues } from './purchase-queues'
 import type { QueueBackpressure } from './queue-backpressure'
+import type { LineSnapshot, Place, QueueLine } from './queue-line'
 
 /** The answer to a purchase (T = PurchaseRecord) or a hold (T = ReservationRecord). */
 export type SubmitResult<T> =
@@ -33,7 +34,8 @@ export type SubmitResult<T> =
   | { kind: 'quantity_over_limit', limit: number }
   /** the outcome; a rejection carries its reason, to be answered with the option's limits */
   | { kind: 'recorded', record: T, limits: TicketOptionLimits }
-  | { kind: 'pending', id: string }
+  /** queued, outcome not known yet (202); where it stands in line, when known */
+  | { kind: 'pending', id: string, place: Place | null }
   /** the Idempotency-Key was used before with another request (422) */
   | { kind: 'idempotency_key_reused' }
 
@@ -55,7 +57,14 @@ export type StatusResult<T> =
   | { kind: 'option_not_found' }
   | { kind: 'not_found' }
   | { kind: 'recorded', record: T }
-  | { kind: 'pending' }
+  /** queued; `ticket` is its number in the option's line (null for a job of older code) */
+  | { kind: 'pending', place: Place | null, ticket: number | null }
+
+/** How a purchase or hold is answered: after its outcome (up to PURCHASE_WAIT_MS), or at once (Prefer: respond-async). */
+export interface SubmitOptions {
+  idempotencyKey?: string
+  respondAsync?: boolean
+}
 
 /** How many times a request tries to claim an Idempotency-Key whose owner let it go meanwhile. */
 const IDEMPOTENCY_CLAIM_ATTEMPTS = 3
@@ -64,6 +73,8 @@ export interface SaleServiceDeps {
   db: Db
   queues: PurchaseQueues
   waiter: OutcomeWaiter
+  /** each option's line: numbers at enqueue, positions and estimated waits */
+  line: QueueLine
   waitMs: number
   log: Logger
   /** hours an Idempotency-Key is remembered */
@@ -107,8 +118,8 @@ export class SaleService {
     return limits
   }
 
-  async purchase (purchase: NewPurchase, idempotencyKey?: string): Promise<SubmitResult<PurchaseRecord>> {
-    return await this.submitNew(purchase.ticketOptionId, purchase.quantity, idempotencyKey, {
+  async purchase (purchase: NewPurchase, options: SubmitOptions = {}): Promise<SubmitResult<PurchaseRecord>> {
+    return await this.submitNew(purchase.ticketOptionId, purchase.quantity, options, {
       request: (purchaseId) => ({ ...purchase, kind: 'purchase', purchaseId, enqueuedAt: Date.now() }),
       find: findPurchase,
       requestHash: purchaseRequestHash(purchase.quantity),
@@ -116,8 +127,8 @@ export class SaleService {
     })
   }
 
-  async hold (hold: NewHold, idempotencyKey?: string): Promise<SubmitResult<ReservationRecord>> {
-    return await this.submitNew(hold.ticketOptionId, hold.quantity, idempotencyKey, {
+  async hold (hold: NewHold, options: SubmitOptions = {}): Promise<SubmitResult<ReservationRecord>> {
+    return await this.submitNew(hold.ticketOptionId, hold.quantity, options, {
       request: (reservationId) => ({ ...hold, kind: 'hold', reservationId, enqueuedAt: Date.now() }),
       find: findReservation,
       requestHash: holdRequestHash(hold.quantity, hold.holdSeconds),
@@ -125,7 +136,9 @@ export class SaleService {
     })
   }
 
-  private async submitNew<T extends PurchaseRecord | ReservationRecord> (ticketOptionId: string, quantity: number, key: string | undefined, kind: NewRecordKind<T>): Promise<SubmitResult<T>> {
+  private async submitNew<T extends PurchaseRecord | ReservationRecord> (ticketOptionId: string, quantity: number, options: SubmitOptions, kind: NewRecordKind<T>): Promise<SubmitResult<T>> {
+    const key = options.idempotencyKey
+    const waitMs = options.respondAsync === true ? 0 : this.deps.waitMs
     const limits = await this.optionLimits(ticketOptionId)
     // Never create a queue (or any Redis key) for an id nobody created.
     if (limits === null) return { kind: 'option_not_found' }
@@ -134,8 +147,8 @@ export class SaleService {
     // the place itself is taken when the job is added (addJob).
     if (await this.queueIsFull(ticketOptionId)) throw new QueueFullError()
     const result = key === undefined
-      ? await this.enqueueAndWait(kind.request(randomUUID()), null, kind.find)
-      : await this.submitOnce(ticketOptionId, key, kind)
+      ? await this.enqueueAndWait(kind.request(randomUUID()), null, kind.find, waitMs)
+      : await this.submitOnce(ticketOptionId, key, kind, waitMs)
     if (result.kind === 'recorded') return { ...result, limits }
     return result
   }
@@ -167,19 +180,35 @@ export class SaleService {
    * back otherwise. Throws QueueFullError or NothingQueuedError when nothing
    * reached Redis, or the add's own error when Redis may have stored the job.
    */
-  private async addJob (request: SaleRequest): Promise<void> {
-    const { queues, backpressure } = this.deps
+  private async addJob (request: SaleRequest): Promise<number> {
+    const { queues, backpressure, line } = this.deps
     const slot = backpressure === undefined
       ? undefined
       : await this.readQueueCount(async () => await backpressure.reserve(request.ticketOptionId), request.ticketOptionId)
     if (slot === null) throw new QueueFullError()
     try {
-      await queues.enqueue(request)
+      // Its number in the option's line; nothing is queued when Redis cannot hand one out.
+      const ticket = await line.take(request.ticketOptionId).catch((err: unknown) => { throw new NothingQueuedError('no line number', { cause: err }) })
+      try {
+        await queues.enqueue({ ...request, line: ticket })
+      } catch (err) {
+        throw commandNeverSent(err) ? new NothingQueuedError('the add was never sent', { cause: err }) : err
+      }
       slot?.keep()
-    } catch (err) {
-      throw commandNeverSent(err) ? new NothingQueuedError('the add was never sent', { cause: err }) : err
+      return ticket
     } finally {
       slot?.release() // does nothing once kept
+    }
+  }
+
+  /** Where a queued request stands, or null when that cannot be read now (Redis). */
+  private async placeOf (ticketOptionId: string, ticket: number | null): Promise<Place | null> {
+    if (ticket === null) return null
+    try {
+      return await this.deps.line.place(ticketOptionId, ticket)
+    } catch (err) {
+      this.deps.log.warn({ err, ticketOptionId }, 'could not read the place in line')
+      return null
     }
   }
 
@@ -187,17 +216,20 @@ export class SaleService {
    * Adds a new purchase's or hold's job and waits for its outcome. `key` is
    * the Idempotency-Key this request claimed for it, if any.
    */
-  private async enqueueAndWait<T> (request: PurchaseRequest | HoldRequest, key: string | null, find: NewRecordKind<T>['find']): Promise<SubmitResult<T>> {
+  private async enqueueAndWait<T> (request: PurchaseRequest | HoldRequest, key: string | null, find: NewRecordKind<T>['find'], waitMs: number): Promise<SubmitResult<T>> {
     const jobId = jobIdOf(request)
-    const wait = this.deps.waiter.wait(jobId, this.deps.waitMs)
+    // Registered before the add, so an outcome published at once is not missed.
+    const wait = waitMs > 0 ? this.deps.waiter.wait(jobId, waitMs) : null
+    let ticket: number
     try {
-      await this.addJob(request)
+      ticket = await this.addJob(request)
     } catch (err) {
-      wait.cancel()
+      wait?.cancel()
       return await this.notQueued(request, key, err)
     }
-    const record = (await wait.promise as T | null) ?? await find(this.deps.db, request.ticketOptionId, jobId)
-    return this.answered(record === null ? { kind: 'pending', id: jobId } : this.recorded(record), request)
+    const record = wait === null ? null : (await wait.promise as T | null) ?? await find(this.deps.db, request.ticketOptionId, jobId)
+    if (record !== null) return this.answered(this.recorded(record), request)
+    return this.answered({ kind: 'pending', id: jobId, place: await this.placeOf(request.ticketOptionId, ticket) }, request)
   }
 
   /**
@@ -219,7 +251,7 @@ export class SaleService {
       } catch (voidErr) {
         log.error({ err: voidErr, id }, 'could not void a request whose enqueue failed')
         // Its fate is unknown: never claim nothing was bought.
-        return this.answered({ kind: 'pending', id }, request)
+        return this.answered({ kind: 'pending', id, place: null }, request)
       }
     }
     if (key !== null) {
@@ -234,17 +266,17 @@ export class SaleService {
    * row PostgreSQL inserts creates it; every other request with the key
    * answers its outcome, or 422 when the request differs.
    */
-  private async submitOnce<T extends PurchaseRecord | ReservationRecord> (ticketOptionId: string, key: string, kind: NewRecordKind<T>): Promise<SubmitResult<T>> {
+  private async submitOnce<T extends PurchaseRecord | ReservationRecord> (ticketOptionId: string, key: string, kind: NewRecordKind<T>, waitMs: number): Promise<SubmitResult<T>> {
     const { db, idempotencyKeyTtlHours } = this.deps
     for (let attempt = 1; attempt <= IDEMPOTENCY_CLAIM_ATTEMPTS; attempt++) {
       const request = kind.request(randomUUID())
       const claim = await claimIdempotencyKey(db, {
         ticketOptionId, userId: request.userId, key, requestHash: kind.requestHash, purchaseId: jobIdOf(request), ttlHours: idempotencyKeyTtlHours,
       })
-      if (claim.kind === 'claimed') return await this.enqueueAndWait(request, key, kind.find)
+      if (claim.kind === 'claimed') return await this.enqueueAndWait(request, key, kind.find, waitMs)
       if (claim.kind === 'vanished') continue
       if (claim.row.request_hash !== kind.requestHash) return { kind: 'idempotency_key_reused' }
-      const followed = await this.follow(kind.request(claim.row.purchase_id), kind.find)
+      const followed = await this.follow(kind.request(claim.row.purchase_id), kind.find, waitMs)
       if (followed !== null) return followed
       // The key's request was never queued (its enqueue failed and it was voided): start afresh.
       await releaseIdempotencyKey(db, claim.row)
@@ -260,8 +292,8 @@ export class SaleService {
    * its id, so an existing job is left alone, and should the first request's
    * enqueue fail after all, it voids it, and this job changes nothing.
    */
-  private async follow<T extends PurchaseRecord | ReservationRecord> (request: PurchaseRequest | HoldRequest, find: NewRecordKind<T>['find']): Promise<SubmitResult<T> | null> {
-    const { db, waiter, waitMs, log } = this.deps
+  private async follow<T extends PurchaseRecord | ReservationRecord> (request: PurchaseRequest | HoldRequest, find: NewRecordKind<T>['find'], waitMs: number): Promise<SubmitResult<T> | null> {
+    const { db, waiter, log } = this.deps
     const { ticketOptionId } = request
     const id = jobIdOf(request)
     // Registered before anything is read, so an outcome published from now on is not missed.
@@ -277,12 +309,12 @@ export class SaleService {
       wait.cancel()
       throw err
     }
-    if (recorded === null) {
+    if (recorded === null && waitMs > 0) {
       recorded = (await wait.promise as T | null) ?? await find(db, ticketOptionId, id)
     } else {
       wait.cancel()
     }
-    if (recorded === null) return { kind: 'pending', id }
+    if (recorded === null) return { kind: 'pending', id, place: await this.pendingPlace(ticketOptionId, id) }
     if (recorded.status === 'rejected' && recorded.reason === NOT_QUEUED) {
       log.info({ id }, 'the request of an idempotency key was never queued')
       return null
@@ -404,6 +436,17 @@ export class SaleService {
     return await settled()
   }
 
+  /** Where a request stands that this process did not enqueue: its line number is in its job. */
+  private async pendingPlace (ticketOptionId: string, jobId: string): Promise<Place | null> {
+    try {
+      const pending = await this.deps.queues.pendingJob(ticketOptionId, jobId)
+      return pending === null ? null : await this.placeOf(ticketOptionId, pending.line)
+    } catch (err) {
+      this.deps.log.warn({ err, jobId }, 'could not read the place in line')
+      return null
+    }
+  }
+
   private async isQueued (ticketOptionId: string, jobId: string): Promise<boolean> {
     try {
       return await this.deps.queues.jobState(ticketOptionId, jobId) === 'pending'
@@ -418,10 +461,28 @@ export class SaleService {
     if (await this.optionLimits(ticketOptionId) === null) return { kind: 'option_not_found' }
     const recorded = await find(this.deps.db, ticketOptionId, id)
     if (recorded !== null) return { kind: 'recorded', record: recorded }
-    if (await this.isQueued(ticketOptionId, id)) return { kind: 'pending' }
+    let pending
+    try {
+      pending = await this.deps.queues.pendingJob(ticketOptionId, id)
+    } catch (err) {
+      this.deps.log.warn({ err, id }, 'could not read a job')
+      throw new ServiceUnavailableError('The purchase queue')
+    }
+    if (pending !== null) return { kind: 'pending', place: await this.placeOf(ticketOptionId, pending.line), ticket: pending.line }
     // The job may have completed between the two reads.
     const late = await find(this.deps.db, ticketOptionId, id)
     return late === null ? { kind: 'not_found' } : { kind: 'recorded', record: late }
+  }
+
+  /** How long the option's line is now (GET /ticket_options/:id/queue); null when there is no such option. */
+  async lineOf (ticketOptionId: string): Promise<LineSnapshot | null> {
+    if (await this.optionLimits(ticketOptionId) === null) return null
+    try {
+      return await this.deps.line.snapshot(ticketOptionId)
+    } catch (err) {
+      this.deps.log.warn({ err, ticketOptionId }, 'could not read the line')
+      throw new ServiceUnavailableError('The purchase queue')
+    }
   }
 
   async purchaseStatus (ticketOptionId: string, purchaseId: string): Promise<StatusResult<PurchaseRecord>> {

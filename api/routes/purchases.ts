@@ -8,13 +8,14 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { PurchaseNotFoundError, TicketOptionNotFoundError } from '../../shared/error-catalogue'
 import type { PurchaseRecord } from '../../shared/purchases/sale-store'
 import {
-  badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, tooManyRequests, unsupportedMediaType,
+  badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, unsupportedMediaType,
 } from '../schemas/responses'
 import {
-  CancelledPurchaseSchema, CreatePurchaseSchema, NotEnoughTicketsSchema, PendingPurchaseSchema, PurchaseHeadersSchema, PurchaseParamsSchema,
-  PurchaseRefusedSchema, PurchaseSchema, PurchaseStatusParamsSchema, PurchaseStatusSchema, StateConflictSchema, UserBodySchema,
+  CancelledPurchaseSchema, CreatePurchaseSchema, PendingPurchaseSchema, PurchaseHeadersSchema, PurchaseParamsSchema,
+  PurchaseSchema, PurchaseStatusParamsSchema, PurchaseStatusSchema, StateConflictSchema, UserBodySchema,
 } from '../schemas/purchases'
-import { answerSubmit, stateConflict } from './answers'
+import { answerSubmit, prefersAsync, stateConflict, streamEvents } from './answers'
+import { eventStreamResponse, takeResponses } from '../schemas/responses'
 
 const purchaseLocation = (ticketOptionId: string, purchaseId: string): string =>
   `/ticket_options/${ticketOptionId}/purchases/${purchaseId}`
@@ -32,7 +33,7 @@ export function purchaseBody (purchase: PurchaseRecord) {
 }
 
 const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
-  const { sales } = app
+  const { sales, outcomeStreams } = app
 
   app.post('/ticket_options/:id/purchases', {
     // Limited per client IP when RATE_LIMIT_PURCHASES_PER_MINUTE is set (api/plugins/rate-limit.ts; inert otherwise).
@@ -43,30 +44,25 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
       params: PurchaseParamsSchema,
       headers: PurchaseHeadersSchema,
       body: CreatePurchaseSchema,
-      response: {
-        201: jsonResponse('The tickets are allocated and committed', PurchaseSchema, locationHeader('the purchase: /ticket_options/<id>/purchases/<purchase_id>')),
-        202: jsonResponse('Queued, but the outcome was not known within the wait limit: follow Location', PendingPurchaseSchema, locationHeader('the purchase, to read its outcome: /ticket_options/<id>/purchases/<purchase_id>')),
-        400: badRequest,
-        404: errorResponse('No such ticket option (TICKET_OPTION_NOT_FOUND); nothing was bought'),
-        409: jsonResponse('Fewer than `quantity` tickets remain (NOT_ENOUGH_TICKETS), or the user would pass max_per_user (USER_LIMIT_REACHED, with `limit` and `used`); nothing was bought', NotEnoughTicketsSchema),
-        413: payloadTooLarge,
-        415: unsupportedMediaType,
-        422: jsonResponse('More than the option\'s max_per_purchase (QUANTITY_OVER_LIMIT, with `limit`), this Idempotency-Key was already used with a different body (IDEMPOTENCY_KEY_REUSED), or the purchase could not be applied (PURCHASE_UNPROCESSABLE); nothing was bought', PurchaseRefusedSchema),
-        429: tooManyRequests,
-        503: serviceUnavailable,
-      },
+      response: takeResponses(
+        { description: 'The tickets are allocated and committed', schema: PurchaseSchema, location: 'the purchase: /ticket_options/<id>/purchases/<purchase_id>' },
+        { description: 'queued', schema: PendingPurchaseSchema, location: 'the purchase, to read its outcome: /ticket_options/<id>/purchases/<purchase_id>' },
+        'bought'
+      ),
     },
   }, async (request, reply) => {
     const ticketOptionId = request.params.id.toLowerCase()
     const { quantity } = request.body
+    const respondAsync = prefersAsync(request.headers.prefer)
     const result = await sales.purchase({
       ticketOptionId,
       userId: request.body.user_id.toLowerCase(),
       quantity,
       requestId: String(request.id),
-    }, request.headers['idempotency-key'])
+    }, { idempotencyKey: request.headers['idempotency-key'], respondAsync })
     return await answerSubmit(reply, result, {
       ticketOptionId,
+      respondAsync,
       requested: quantity,
       location: (id) => purchaseLocation(ticketOptionId, id),
       created: (purchase) => purchase.status === 'succeeded' ? purchaseBody(purchase) : null,
@@ -96,10 +92,36 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
       case 'not_found':
         throw new PurchaseNotFoundError(purchaseId)
       case 'pending':
-        return { id: purchaseId, ticket_option_id: ticketOptionId, status: 'pending' as const }
+        return { id: purchaseId, ticket_option_id: ticketOptionId, status: 'pending' as const, ...result.place }
       case 'recorded':
         return purchaseBody(result.record)
     }
+  })
+
+  app.get('/ticket_options/:id/purchases/:purchase_id/events', {
+    sse: true,
+    schema: {
+      tags: ['purchases'],
+      summary: 'Server-Sent Events of a purchase: its position in line while queued, then its outcome',
+      params: PurchaseStatusParamsSchema,
+      response: {
+        200: eventStreamResponse,
+        400: badRequest,
+        404: errorResponse('No such ticket option or purchase (TICKET_OPTION_NOT_FOUND, PURCHASE_NOT_FOUND)'),
+        503: serviceUnavailable,
+      },
+    },
+  }, async (request, reply) => {
+    const ticketOptionId = request.params.id.toLowerCase()
+    const purchaseId = request.params.purchase_id.toLowerCase()
+    await streamEvents(reply, outcomeStreams, {
+      kind: 'purchase',
+      ticketOptionId,
+      id: purchaseId,
+      status: async () => await sales.purchaseStatus(ticketOptionId, purchaseId),
+      body: purchaseBody,
+      notFound: () => new PurchaseNotFoundError(purchaseId),
+    })
   })
 
   app.post('/ticket_options/:id/purchases/:purchase_id/cancel', {

@@ -9,11 +9,12 @@ import { ReservationNotFoundError, TicketOptionNotFoundError } from '../../share
 import type { PurchaseRecord, ReservationRecord } from '../../shared/purchases/sale-store'
 import type { ChangeResult } from '../purchasing/sale-service'
 import {
-  badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, tooManyRequests, unsupportedMediaType,
+  badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, unsupportedMediaType,
 } from '../schemas/responses'
-import { NotEnoughTicketsSchema, PurchaseHeadersSchema, PurchaseParamsSchema, PurchaseRefusedSchema, PurchaseSchema, StateConflictSchema, UserBodySchema } from '../schemas/purchases'
+import { PurchaseHeadersSchema, PurchaseParamsSchema, PurchaseSchema, StateConflictSchema, UserBodySchema } from '../schemas/purchases'
 import { CreateReservationSchema, PendingReservationSchema, ReservationParamsSchema, ReservationSchema } from '../schemas/reservations'
-import { answerSubmit, stateConflict } from './answers'
+import { answerSubmit, prefersAsync, stateConflict, streamEvents } from './answers'
+import { eventStreamResponse, takeResponses } from '../schemas/responses'
 import { purchaseBody } from './purchases'
 
 /** API.md: `hold_seconds` defaults to 600. */
@@ -39,7 +40,7 @@ const userChange = {
 }
 
 const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
-  const { sales } = app
+  const { sales, outcomeStreams } = app
 
   app.post('/ticket_options/:id/reservations', {
     config: { rateLimit: {} },
@@ -49,31 +50,26 @@ const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
       params: PurchaseParamsSchema,
       headers: PurchaseHeadersSchema,
       body: CreateReservationSchema,
-      response: {
-        201: jsonResponse('The tickets are held for this user until expires_at', ReservationSchema, locationHeader('the reservation: /ticket_options/<id>/reservations/<reservation_id>')),
-        202: jsonResponse('Queued, but the outcome was not known within the wait limit: follow Location', PendingReservationSchema, locationHeader('the reservation')),
-        400: badRequest,
-        404: errorResponse('No such ticket option (TICKET_OPTION_NOT_FOUND); nothing was held'),
-        409: jsonResponse('Fewer than `quantity` tickets remain (NOT_ENOUGH_TICKETS), or the user would pass max_per_user (USER_LIMIT_REACHED); nothing was held', NotEnoughTicketsSchema),
-        413: payloadTooLarge,
-        415: unsupportedMediaType,
-        422: jsonResponse('More than the option\'s max_per_purchase (QUANTITY_OVER_LIMIT), or an Idempotency-Key used with another body (IDEMPOTENCY_KEY_REUSED); nothing was held', PurchaseRefusedSchema),
-        429: tooManyRequests,
-        503: serviceUnavailable,
-      },
+      response: takeResponses(
+        { description: 'The tickets are held for this user until expires_at', schema: ReservationSchema, location: 'the reservation: /ticket_options/<id>/reservations/<reservation_id>' },
+        { description: 'queued', schema: PendingReservationSchema, location: 'the reservation, to read its outcome' },
+        'held'
+      ),
     },
   }, async (request, reply) => {
     const ticketOptionId = request.params.id.toLowerCase()
     const { quantity, hold_seconds: holdSeconds = DEFAULT_HOLD_SECONDS } = request.body
+    const respondAsync = prefersAsync(request.headers.prefer)
     const result = await sales.hold({
       ticketOptionId,
       userId: request.body.user_id.toLowerCase(),
       quantity,
       holdSeconds,
       requestId: String(request.id),
-    }, request.headers['idempotency-key'])
+    }, { idempotencyKey: request.headers['idempotency-key'], respondAsync })
     return await answerSubmit(reply, result, {
       ticketOptionId,
+      respondAsync,
       requested: quantity,
       location: (id) => reservationLocation(ticketOptionId, id),
       created: (reservation) => reservation.status === 'rejected' ? null : reservationBody(reservation),
@@ -103,10 +99,36 @@ const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
       case 'not_found':
         throw new ReservationNotFoundError(reservationId)
       case 'pending':
-        return { id: reservationId, ticket_option_id: ticketOptionId, status: 'pending' as const }
+        return { id: reservationId, ticket_option_id: ticketOptionId, status: 'pending' as const, ...result.place }
       case 'recorded':
         return reservationBody(result.record)
     }
+  })
+
+  app.get('/ticket_options/:id/reservations/:reservation_id/events', {
+    sse: true,
+    schema: {
+      tags: ['holds'],
+      summary: 'Server-Sent Events of a hold: its position in line while queued, then its outcome',
+      params: ReservationParamsSchema,
+      response: {
+        200: eventStreamResponse,
+        400: badRequest,
+        404: errorResponse('No such ticket option or reservation (TICKET_OPTION_NOT_FOUND, RESERVATION_NOT_FOUND)'),
+        503: serviceUnavailable,
+      },
+    },
+  }, async (request, reply) => {
+    const ticketOptionId = request.params.id.toLowerCase()
+    const reservationId = request.params.reservation_id.toLowerCase()
+    await streamEvents(reply, outcomeStreams, {
+      kind: 'reservation',
+      ticketOptionId,
+      id: reservationId,
+      status: async () => await sales.reservationStatus(ticketOptionId, reservationId),
+      body: reservationBody,
+      notFound: () => new ReservationNotFoundError(reservationId),
+    })
   })
 
   /** The answers confirm and release share: 404, 409 with the state, 202. */

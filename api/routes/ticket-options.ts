@@ -8,11 +8,11 @@ import { createTicketOption, getTicketOption, type TicketOption } from '../../sh
 import {
   badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, unsupportedMediaType,
 } from '../schemas/responses'
-import { CreateTicketOptionSchema, LedgerSchema, TicketOptionParamsSchema, TicketOptionSchema } from '../schemas/ticket-options'
+import { CreateTicketOptionSchema, LedgerSchema, QueueLineSchema, TicketOptionParamsSchema, TicketOptionSchema } from '../schemas/ticket-options'
 import { TicketOptionNotFoundError } from '../../shared/error-catalogue'
 
 const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
-  const { db } = app
+  const { db, sales } = app
 
   app.post('/ticket_options', {
     schema: {
@@ -69,6 +69,25 @@ const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const ledger = await ledgerOf(db, id)
     if (ledger === null) throw new TicketOptionNotFoundError(id)
     return ledger
+  })
+
+  app.get('/ticket_options/:id/queue', {
+    schema: {
+      tags: ['ticket options'],
+      summary: 'How long the option\'s line is now: for a waiting-room page, before a buyer joins',
+      params: TicketOptionParamsSchema,
+      response: {
+        200: jsonResponse('The line: requests waiting, the recent rate and the wait for a buyer joining now', QueueLineSchema),
+        400: badRequest,
+        404: errorResponse('No such ticket option (TICKET_OPTION_NOT_FOUND)'),
+        503: serviceUnavailable,
+      },
+    },
+  }, async (request) => {
+    const id = request.params.id.toLowerCase()
+    const line = await sales.lineOf(id)
+    if (line === null) throw new TicketOptionNotFoundError(id)
+    return line
   })
 }
 

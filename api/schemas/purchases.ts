@@ -8,12 +8,22 @@ export const CreatePurchaseSchema = Type.Object({
 export type CreatePurchase = Static<typeof CreatePurchaseSchema>
 
 /** Optional `Idempotency-Key` (API.md): 1 to 255 printable ASCII characters. */
+/** Where a queued request stands (API.md "Waiting in line"). */
+export const placeFields = {
+  position: Type.Optional(Type.Integer({ minimum: 0, description: 'requests of the option ahead of it; 0 = being applied now' })),
+  estimated_wait_ms: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], { description: 'from the option\'s recent rate of applied requests; null while unknown' })),
+}
+
 export const PurchaseHeadersSchema = Type.Object({
   'idempotency-key': Type.Optional(Type.String({
     minLength: 1,
     maxLength: 255,
     pattern: '^[\\x20-\\x7E]+$',
     description: 'a retry with the same key, option and user returns the first attempt\'s outcome and never buys twice (kept IDEMPOTENCY_KEY_TTL_HOURS, 24 h by default)',
+  })),
+  prefer: Type.Optional(Type.String({
+    maxLength: 1000,
+    description: 'RFC 7240; `respond-async`: answer 202 at once with the position in line instead of waiting for the outcome (answered with Preference-Applied)',
   })),
 })
 
@@ -93,6 +103,7 @@ export const PurchaseRefusedSchema = Type.Object({
 export const PendingPurchaseSchema = Type.Object({
   id: UuidSchema,
   status: Type.Literal('pending'),
+  ...placeFields,
 }, { $id: 'PendingPurchase' })
 
 /** A purchase's outcome, as the status route shows it. */
@@ -106,5 +117,6 @@ export const PurchaseStatusSchema = Type.Object({
   cancelled_at: Type.Optional(Type.String({ format: 'date-time' })),
   reservation_id: Type.Optional(UuidSchema),
   reason: Type.Optional(Type.String({ description: 'why a purchase was rejected: not_enough_tickets, quantity_over_limit, user_limit_reached, unprocessable or not_queued' })),
+  ...placeFields,
   available: Type.Optional(Type.Integer({ description: 'tickets left when a rejection was decided' })),
 }, { $id: 'PurchaseStatus' })

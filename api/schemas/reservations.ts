@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { Int32Schema, UuidSchema } from './common'
+import { placeFields } from './purchases'
 
 /** POST /ticket_options/:id/reservations (API.md "Holds"). */
 export const CreateReservationSchema = Type.Object({
@@ -25,10 +26,12 @@ export const ReservationSchema = Type.Object({
   created_at: Type.Optional(Type.String({ format: 'date-time' })),
   purchase_id: Type.Optional(UuidSchema),
   reason: Type.Optional(Type.String({ description: 'why a hold was rejected: not_enough_tickets, quantity_over_limit, user_limit_reached, unprocessable or not_queued' })),
+  ...placeFields,
 }, { $id: 'Reservation' })
 
 /** Queued, outcome not known within the wait limit (202). */
 export const PendingReservationSchema = Type.Object({
   id: UuidSchema,
   status: Type.Literal('pending'),
+  ...placeFields,
 }, { $id: 'PendingReservation' })

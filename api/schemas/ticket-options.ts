@@ -42,3 +42,10 @@ export const LedgerSchema = Type.Object({
 export const TicketOptionParamsSchema = Type.Object({
   id: UuidSchema,
 })
+
+/** GET /ticket_options/:id/queue: how long the line is now, for a waiting-room page. */
+export const QueueLineSchema = Type.Object({
+  waiting: Type.Integer({ minimum: 0, description: 'requests queued or being applied' }),
+  applied_per_second: Type.Number({ minimum: 0, description: 'the option\'s recent rate of applied requests' }),
+  estimated_wait_ms: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], { description: 'for a buyer joining now; null while the rate is unknown' }),
+}, { $id: 'QueueLine' })

@@ -1,21 +1,82 @@
 /**
- * Outcomes travel from workers to every API process over one Redis pub/sub
- * channel, so an API holds one subscriber connection however many options
- * exist. Each is keyed by its request's job id (`id`). Pub/sub may drop a
- * message (a reconnect); the API then reads the recorded outcome from
- * PostgreSQL before it answers 202.
+ * What workers tell every API process over one Redis pub/sub channel, so an
+ * API holds one subscriber connection however many options exist:
+ * - `applied`: the outcomes of a committed batch, each keyed by its request's
+ *   job id (`id`), with the option's line number applied so far and how many
+ *   requests the batch applied, from which APIs know each waiting buyer's
+ *   position and the option's rate (API.md "Waiting in line");
+ * - `applying`: a batch has started, up to that line number, so the requests
+ *   in it read position 0 while it runs.
+ * Pub/sub may drop a message (a reconnect); the API then reads the recorded
+ * outcome from PostgreSQL before it answers 202, and the applied line number
+ * from Redis.
  */
 import type { Redis } from 'ioredis'
-import { purchaseOutcomesChannel } from '../queues/queue-names'
+import { lineAppliedKey, purchaseOutcomesChannel } from '../queues/queue-names'
 import type { SaleOutcome } from './sale-store'
 
-export async function publishOutcomes (redis: Redis, prefix: string, outcomes: readonly SaleOutcome[]): Promise<void> {
-  if (outcomes.length === 0) return
-  await redis.publish(purchaseOutcomesChannel(prefix), JSON.stringify(outcomes))
+export interface AppliedMessage {
+  type: 'applied'
+  ticketOptionId: string
+  /** the highest line number applied, or null when the batch held none (jobs of older code) */
+  appliedLine: number | null
+  /** requests applied by this batch (new ones only), for the option's rate */
+  count: number
+  /** ms since epoch */
+  at: number
+  outcomes: SaleOutcome[]
 }
 
-export function parseOutcomes (message: string): SaleOutcome[] {
+export interface ApplyingMessage {
+  type: 'applying'
+  ticketOptionId: string
+  /** the highest line number in the batch now being applied */
+  applyingLine: number
+}
+
+export type LineMessage = AppliedMessage | ApplyingMessage
+
+// Keeps the highest number: a batch never moves the applied line back.
+const SET_IF_HIGHER = `
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0`
+
+/** Publishes a committed batch, and records its line number for APIs that missed the message. One round trip. */
+export async function publishApplied (redis: Redis, prefix: string, message: Omit<AppliedMessage, 'type'>): Promise<void> {
+  if (message.outcomes.length === 0) return
+  const pipeline = redis.pipeline()
+  if (message.appliedLine !== null) pipeline.eval(SET_IF_HIGHER, 1, lineAppliedKey(prefix, message.ticketOptionId), String(message.appliedLine))
+  pipeline.publish(purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applied', ...message }))
+  const replies = await pipeline.exec()
+  const failed = replies?.find(([err]) => err !== null)
+  if (failed?.[0] != null) throw failed[0]
+}
+
+/** Says a batch has started (best effort: a lost message only delays a position reading 0). */
+export async function publishApplying (redis: Redis, prefix: string, ticketOptionId: string, applyingLine: number): Promise<void> {
+  await redis.publish(purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applying', ticketOptionId, applyingLine } satisfies ApplyingMessage))
+}
+
+/** A message of the channel; a bare array is what workers of the first version published. */
+export function parseLineMessage (message: string): LineMessage | null {
   const parsed: unknown = JSON.parse(message)
-  if (!Array.isArray(parsed)) return []
-  return parsed.filter((o): o is SaleOutcome => typeof o === 'object' && o !== null && typeof (o as SaleOutcome).id === 'string')
+  const isOutcome = (o: unknown): o is SaleOutcome => typeof o === 'object' && o !== null && typeof (o as SaleOutcome).id === 'string'
+  if (Array.isArray(parsed)) return { type: 'applied', ticketOptionId: '', appliedLine: null, count: 0, at: Date.now(), outcomes: parsed.filter(isOutcome) }
+  if (typeof parsed !== 'object' || parsed === null) return null
+  const m = parsed as Record<string, unknown>
+  if (m.type === 'applied' && typeof m.ticketOptionId === 'string' && Array.isArray(m.outcomes)) {
+    return {
+      type: 'applied',
+      ticketOptionId: m.ticketOptionId,
+      appliedLine: typeof m.appliedLine === 'number' ? m.appliedLine : null,
+      count: typeof m.count === 'number' ? m.count : 0,
+      at: typeof m.at === 'number' ? m.at : Date.now(),
+      outcomes: m.outcomes.filter(isOutcome),
+    }
+  }
+  if (m.type === 'applying' && typeof m.ticketOptionId === 'string' && typeof m.applyingLine === 'number') {
+    return { type: 'applying', ticketOptionId: m.ticketOptionId, applyingLine: m.applyingLine }
+  }
+  return null
 }

@@ -23,6 +23,8 @@ const common = {
   requestId: Type.String({ maxLength: 200 }),
   /** When the API enqueued it (ms since epoch), for the enqueue-to-outcome time. */
   enqueuedAt: Type.Integer({ minimum: 0 }),
+  /** Its number in the option's line, handed out at enqueue (absent in jobs of older code): position = line - applied line - 1. */
+  line: Type.Optional(Type.Integer({ minimum: 1 })),
 }
 
 export const PurchaseRequestSchema = Type.Object({
@@ -74,9 +76,9 @@ export const SaleRequestSchema = Type.Union([PurchaseRequestSchema, HoldRequestS
 export type SaleRequest = PurchaseRequest | HoldRequest | ConfirmRequest | ReleaseRequest | CancelRequest
 
 /** What a route knows of a purchase before the service names it and enqueues it. */
-export type NewPurchase = Omit<PurchaseRequest, 'kind' | 'purchaseId' | 'enqueuedAt'>
+export type NewPurchase = Omit<PurchaseRequest, 'kind' | 'purchaseId' | 'enqueuedAt' | 'line'>
 /** What a route knows of a hold before the service names it and enqueues it. */
-export type NewHold = Omit<HoldRequest, 'kind' | 'reservationId' | 'enqueuedAt'>
+export type NewHold = Omit<HoldRequest, 'kind' | 'reservationId' | 'enqueuedAt' | 'line'>
 
 const checker = TypeCompiler.Compile(SaleRequestSchema)
 
@@ -103,4 +105,11 @@ export function jobIdOf (request: SaleRequest): string {
     case 'release': return `release-${request.reservationId}`
     case 'cancel': return `cancel-${request.purchaseId}`
   }
+}
+
+/** The highest line number among requests, or null when none has one. */
+export function lastLineOf (requests: readonly SaleRequest[]): number | null {
+  let last: number | null = null
+  for (const r of requests) if (r.line !== undefined && (last === null || r.line > last)) last = r.line
+  return last
 }

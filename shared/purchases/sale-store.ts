@@ -425,3 +425,15 @@ export async function expireHolds (db: Db, ticketOptionId: string): Promise<{ ho
     return rows[0] ?? { holds: 0, tickets: 0 }
   })
 }
+
+/** Which of these purchases and reservations are recorded (decided): one query for any number of ids. */
+export async function recordedIds (db: Db, purchaseIds: readonly string[], reservationIds: readonly string[]): Promise<Set<string>> {
+  if (purchaseIds.length === 0 && reservationIds.length === 0) return new Set()
+  const { rows } = await db.query<{ id: string }>(
+    `select id from purchases where id = any($1::uuid[])
+     union all
+     select id from reservations where id = any($2::uuid[])`,
+    [purchaseIds, reservationIds]
+  )
+  return new Set(rows.map((r) => r.id))
+}

@@ -24,3 +24,16 @@ export function queueWakeupChannel (prefix: string): string {
 export function purchaseOutcomesChannel (prefix: string): string {
   return `${prefix}:purchase-outcomes`
 }
+
+/**
+ * The option's line numbers (API.md "Waiting in line"): the last number handed
+ * out at enqueue (INCR) and the last number applied. Both carry the option's
+ * hash tag, so they share its queue's Redis Cluster slot.
+ */
+export function lineTicketKey (prefix: string, ticketOptionId: string): string {
+  return `${prefix}:line-ticket:{${ticketOptionId}}`
+}
+
+export function lineAppliedKey (prefix: string, ticketOptionId: string): string {
+  return `${prefix}:line-applied:{${ticketOptionId}}`
+}

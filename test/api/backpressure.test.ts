@@ -86,12 +86,12 @@ t.test('Redis down: purchases answer 503 within a second, reads and creates stil
   const queues = new PurchaseQueues(app.redis, prefix, pino({ level: 'silent' }))
   t.teardown(async () => { await queues.close() })
   const uncapped = new SaleService({
-    db: app.db, queues, waiter: app.outcomeWaiter, waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24,
+    db: app.db, queues, waiter: app.outcomeWaiter, line: app.queueLine, waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24,
   })
   const voidedCount = async (): Promise<number> => (await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and reason = 'not_queued'", [id])).rows[0].n
   const voidedBefore = await voidedCount()
   const started = Date.now()
-  await t.rejects(uncapped.purchase({ ticketOptionId: id, userId: USER, quantity: 1, requestId: 'test' }, 'enqueue-fails'), { statusCode: 503, code: 'SERVICE_UNAVAILABLE' })
+  await t.rejects(uncapped.purchase({ ticketOptionId: id, userId: USER, quantity: 1, requestId: 'test' }, { idempotencyKey: 'enqueue-fails' }), { statusCode: 503, code: 'SERVICE_UNAVAILABLE' })
   t.ok(Date.now() - started < 1000, `failed in ${Date.now() - started} ms`)
   const released = await sql.query("select 1 from idempotency_keys where key = 'enqueue-fails'")
   t.equal(released.rowCount, 0, 'the key whose enqueue failed is let go')

@@ -120,11 +120,12 @@ t.test('202 when the outcome is not known in time; the status route shows it lat
   const res = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })
   t.equal(res.statusCode, 202)
   const pending = res.json()
-  t.match(pending, { id: UUID, status: 'pending' })
+  t.same(pending, { id: pending.id, status: 'pending', position: 0, estimated_wait_ms: 0 }, 'first in line, nobody ahead')
+  t.match(pending.id, UUID)
   t.equal(res.headers.location, `/ticket_options/${id}/purchases/${pending.id}`)
   const before = await app.inject({ method: 'GET', url: res.headers.location as string })
   t.equal(before.statusCode, 200)
-  t.same(before.json(), { id: pending.id, ticket_option_id: id, status: 'pending' })
+  t.same(before.json(), { id: pending.id, ticket_option_id: id, status: 'pending', position: 0, estimated_wait_ms: 0 })
 
   await startTestWorker(t, config)
   let settled

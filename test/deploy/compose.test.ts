@@ -10,7 +10,7 @@
  * (draft-07, `$id: compose_spec.json`). Update it by copying a newer one over.
  */
 import { spawn } from 'node:child_process'
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import Ajv from 'ajv'
@@ -194,7 +194,7 @@ t.test('every command of the Dockerfile and compose exists, in the image layout'
       for (const file of matches) {
         const into = target.endsWith('/') || sources.length > 1 || source.includes('*') ? path.join(target, file) : target
         mkdirSync(path.dirname(into), { recursive: true })
-        copyFileSync(path.join(ROOT, dir, file), into)
+        cpSync(path.join(ROOT, dir, file), into, { recursive: true }) // a file, or a folder such as examples/
       }
     }
   }

@@ -11,6 +11,9 @@ import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client
 
 /** Seconds; a batch transaction takes a few ms, a slow one under load some hundreds. */
 const APPLY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+/** Options with a series of their own in worker_enqueue_to_outcome_seconds. */
+export const OPTION_LABELS = 20
+
 /** Purchases per batch, up to the largest WORKER_BATCH_SIZE people use. */
 const BATCH_BUCKETS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
 
@@ -46,8 +49,42 @@ export class WorkerMetrics {
     registers: [this.registry],
   })
 
+  /** Labelled by option for the most recently active ones only, so the label set stays bounded. */
+  readonly enqueueToOutcome = new Histogram({
+    name: 'worker_enqueue_to_outcome_seconds',
+    help: `Time from the API enqueueing a request to its batch committing, by option (the ${OPTION_LABELS} most recently active; an older series is removed)`,
+    labelNames: ['ticket_option_id'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  })
+
+  /** Option ids with a series of their own, least recently used first. */
+  private readonly labelled = new Map<string, true>()
+
   constructor () {
     collectDefaultMetrics({ register: this.registry })
+  }
+
+  /** A committed batch's requests: seconds from each one's enqueue to now. */
+  requestsDecided (ticketOptionId: string, enqueuedAt: readonly number[], now = Date.now()): void {
+    const label = this.labelFor(ticketOptionId)
+    for (const at of enqueuedAt) this.enqueueToOutcome.observe({ ticket_option_id: label }, Math.max(0, now - at) / 1000)
+  }
+
+  private labelFor (ticketOptionId: string): string {
+    if (this.labelled.has(ticketOptionId)) {
+      this.labelled.delete(ticketOptionId)
+      this.labelled.set(ticketOptionId, true)
+      return ticketOptionId
+    }
+    if (this.labelled.size >= OPTION_LABELS) {
+      const oldest = this.labelled.keys().next().value as string
+      this.labelled.delete(oldest)
+      // Its series goes with it: label values stay bounded however many options sell.
+      this.enqueueToOutcome.remove({ ticket_option_id: oldest })
+    }
+    this.labelled.set(ticketOptionId, true)
+    return ticketOptionId
   }
 
   /** Records one committed batch: its duration (seconds) and its outcomes. */

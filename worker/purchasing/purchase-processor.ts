@@ -21,8 +21,8 @@ import { UnrecoverableError, WaitingError, type Job, type Queue } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import { isTransientDbError, withTransaction, type Db } from '../../shared/db'
-import { isSaleRequest, jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
-import { publishOutcomes } from '../../shared/purchases/purchase-outcomes'
+import { isSaleRequest, jobIdOf, lastLineOf, type SaleRequest } from '../../shared/purchases/sale-request'
+import { publishApplied, publishApplying } from '../../shared/purchases/purchase-outcomes'
 import { applySaleBatch, isChangeOutcome, rejectUnprocessable, UnknownTicketOptionError, type SaleOutcome } from '../../shared/purchases/sale-store'
 import type { WorkerMetrics } from '../monitoring/metrics'
 
@@ -164,10 +164,15 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     // The first attempt uses this read; a retry reads the queue again.
     let prefetched: Promise<SaleRequest[]> | undefined = nextWaiting(data)
     prefetched.catch(() => {}) // awaited in the transaction; a failure before that is not "unhandled"
+    let batch: SaleRequest[] = [data]
     const requests = async (): Promise<SaleRequest[]> => {
       const next = prefetched ?? nextWaiting(data)
       prefetched = undefined
-      return [data, ...await next]
+      batch = [data, ...await next]
+      // Buyers in this batch read position 0 while it runs; not awaited, a lost message only delays that.
+      const applyingLine = lastLineOf(batch)
+      if (applyingLine !== null) publishApplying(publisher, prefix, data.ticketOptionId, applyingLine).catch(() => {})
+      return batch
     }
     let outcomes: SaleOutcome[]
     try {
@@ -183,7 +188,10 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     // Published even for outcomes recorded before (a redelivered job), since
     // the first worker may have died between COMMIT and publishing.
     try {
-      await publishOutcomes(publisher, prefix, outcomes)
+      // The batch that committed: the head alone when the whole batch was refused (decide).
+      const applied = outcomes.length === batch.length ? batch : [data]
+      deps.metrics?.requestsDecided(data.ticketOptionId, applied.map((r) => r.enqueuedAt))
+      await publishApplied(publisher, prefix, { ticketOptionId: data.ticketOptionId, appliedLine: lastLineOf(applied), count: applied.length, at: Date.now(), outcomes })
       for (const outcome of outcomes.slice(1)) deps.recent.remember(outcome)
     } catch (err) {
       // Waiters fall back to reading PostgreSQL; the purchases are committed
