@@ -99,7 +99,7 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.get('/ticket_options/:id/purchases/:purchase_id/events', {
-    sse: true,
+    sse: 'only',
     schema: {
       tags: ['purchases'],
       summary: 'Server-Sent Events of a purchase: its position in line while queued, then its outcome',

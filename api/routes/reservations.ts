@@ -106,7 +106,7 @@ const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.get('/ticket_options/:id/reservations/:reservation_id/events', {
-    sse: true,
+    sse: 'only',
     schema: {
       tags: ['holds'],
       summary: 'Server-Sent Events of a hold: its position in line while queued, then its outcome',

@@ -181,6 +181,10 @@ t.test('event streams: unknown is a JSON 404, decided sends only its outcome, a 
   t.match(patient.outcome, { id: patientId, status: 'succeeded' }, 'a quiet stream still gets its outcome')
   t.equal(opens, 1, 'on the connection it opened: no reconnect')
   await waitFor(async () => (await statusOf(app, option, queued)).status, (s) => s === 'succeeded')
+  const asCurl = await fetch(`${base}/ticket_options/${option}/purchases/${queued}/events`, { headers: { accept: '*/*' } })
+  t.match(await asCurl.text(), /^event: outcome\ndata: \{/m, 'curl\'s Accept: */* gets the stream')
+  const notStream = await fetch(`${base}/ticket_options/${option}/purchases/${queued}/events`, { headers: { accept: 'application/json' } })
+  t.equal(notStream.status, 406, 'a client that refuses event streams is told so, never a 500')
   const decided = follow(base, option, queued)
   await decided.ended
   t.same(decided.positions, [], 'no position for a decided purchase')
