@@ -6,13 +6,13 @@
  * purchase's wait, so alone it would let one client hold a connection and a
  * parser for 15 s per byte-a-second body.
  *
- * The body stream is handed to Fastify's parser through a PassThrough that is
- * destroyed with the error when time is up; the parser passes it to the root
- * error handler, which answers it like every other 4xx. GET and HEAD bodies
- * are never parsed, so they are left to Node's timeout.
+ * When time is up, the error is emitted on the body stream the parser reads,
+ * which passes it to the root error handler, so it is answered like every
+ * other 4xx; a timer per request, no stream of our own (a PassThrough per
+ * request cost the single-buyer path measurable CPU). GET and HEAD bodies are
+ * never parsed, so they are left to Node's timeout.
  * @see https://fastify.dev/docs/latest/Reference/Hooks/#preparsing
  */
-import { PassThrough } from 'node:stream'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { BodyTimeoutError } from '../../shared/error-catalogue'
@@ -32,21 +32,18 @@ async function bodyDeadlinePlugin (app: FastifyInstance, { timeoutMs }: BodyDead
 
   app.addHook('preParsing', async (request, _reply, payload) => {
     if (!hasBody(request) || request.raw.complete) return payload
-    const guarded = new PassThrough()
-    // The parser listens too; this one only keeps an error after the answer from being "unhandled".
-    guarded.on('error', () => {})
     const timer = setTimeout(() => {
       cutOff.add(request)
-      payload.unpipe(guarded)
       request.log.info({ timeoutMs }, 'request body too slow, cut off')
-      guarded.destroy(new BodyTimeoutError(timeoutMs))
+      // The body parser listens for errors on the stream it reads: it hands this one to
+      // the root error handler. Without a parser reading, there is nobody to answer.
+      if (payload.listenerCount('error') > 0) payload.emit('error', new BodyTimeoutError(timeoutMs))
+      else request.raw.destroy()
     }, timeoutMs)
     const settle = (): void => { clearTimeout(timer) }
     payload.once('end', settle)
     payload.once('close', settle)
-    request.raw.socket.once('close', settle)
-    payload.pipe(guarded)
-    return guarded
+    return payload
   })
 
   // The rest of a cut-off body may still be on its way: the connection cannot carry another request.

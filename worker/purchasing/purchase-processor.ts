@@ -169,8 +169,9 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
       const next = prefetched ?? nextWaiting(data)
       prefetched = undefined
       batch = [data, ...await next]
-      // Buyers in this batch read position 0 while it runs; not awaited, a lost message only delays that.
-      const applyingLine = lastLineOf(batch)
+      // Buyers batched behind the head read position 0 while it runs (the head reads 0
+      // anyway: nothing is ahead of it). Not awaited; a lost message only delays that.
+      const applyingLine = batch.length > 1 ? lastLineOf(batch) : null
       if (applyingLine !== null) publishApplying(publisher, prefix, data.ticketOptionId, applyingLine).catch(() => {})
       return batch
     }
