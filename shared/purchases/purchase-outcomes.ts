@@ -42,19 +42,11 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
 return 0`
 
-type WithSetIfHigher = Redis & { setIfHigher: (key: string, value: string) => Promise<number> }
-
-/** Defines the script once per connection, so it is sent by its hash (EVALSHA), not its text. */
-function withSetIfHigher (redis: Redis): WithSetIfHigher {
-  if (!('setIfHigher' in redis)) redis.defineCommand('setIfHigher', { numberOfKeys: 1, lua: SET_IF_HIGHER })
-  return redis as WithSetIfHigher
-}
-
 /** Publishes a committed batch, and records its line number for APIs that missed the message. One round trip. */
 export async function publishApplied (redis: Redis, prefix: string, message: Omit<AppliedMessage, 'type'>): Promise<void> {
   if (message.outcomes.length === 0) return
-  const pipeline = withSetIfHigher(redis).pipeline() as ReturnType<Redis['pipeline']> & { setIfHigher: (key: string, value: string) => unknown }
-  if (message.appliedLine !== null) pipeline.setIfHigher(lineAppliedKey(prefix, message.ticketOptionId), String(message.appliedLine))
+  const pipeline = redis.pipeline()
+  if (message.appliedLine !== null) pipeline.eval(SET_IF_HIGHER, 1, lineAppliedKey(prefix, message.ticketOptionId), String(message.appliedLine))
   pipeline.publish(purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applied', ...message }))
   const replies = await pipeline.exec()
   const failed = replies?.find(([err]) => err !== null)
