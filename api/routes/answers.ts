@@ -107,3 +107,17 @@ export async function streamEvents<T> (reply: FastifyReply, streams: OutcomeStre
     }
   }
 }
+
+/** The status route's answer for a purchase or a reservation: recorded, pending with its place, or a 404. */
+export function statusAnswer<T, B> (result: StatusResult<T>, route: { ticketOptionId: string, id: string, body: (record: T) => B, notFound: () => Error }) {
+  switch (result.kind) {
+    case 'option_not_found':
+      throw new TicketOptionNotFoundError(route.ticketOptionId)
+    case 'not_found':
+      throw route.notFound()
+    case 'pending':
+      return { id: route.id, ticket_option_id: route.ticketOptionId, status: 'pending' as const, ...result.place }
+    case 'recorded':
+      return route.body(result.record)
+  }
+}

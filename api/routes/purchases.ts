@@ -14,7 +14,7 @@ import {
   CancelledPurchaseSchema, CreatePurchaseSchema, PendingPurchaseSchema, PurchaseHeadersSchema, PurchaseParamsSchema,
   PurchaseSchema, PurchaseStatusParamsSchema, PurchaseStatusSchema, StateConflictSchema, UserBodySchema,
 } from '../schemas/purchases'
-import { answerSubmit, prefersAsync, stateConflict, streamEvents } from './answers'
+import { answerSubmit, prefersAsync, stateConflict, statusAnswer, streamEvents } from './answers'
 import { eventStreamResponse, takeResponses } from '../schemas/responses'
 
 const purchaseLocation = (ticketOptionId: string, purchaseId: string): string =>
@@ -85,17 +85,9 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const ticketOptionId = request.params.id.toLowerCase()
     const purchaseId = request.params.purchase_id.toLowerCase()
-    const result = await sales.purchaseStatus(ticketOptionId, purchaseId)
-    switch (result.kind) {
-      case 'option_not_found':
-        throw new TicketOptionNotFoundError(ticketOptionId)
-      case 'not_found':
-        throw new PurchaseNotFoundError(purchaseId)
-      case 'pending':
-        return { id: purchaseId, ticket_option_id: ticketOptionId, status: 'pending' as const, ...result.place }
-      case 'recorded':
-        return purchaseBody(result.record)
-    }
+    return statusAnswer(await sales.purchaseStatus(ticketOptionId, purchaseId), {
+      ticketOptionId, id: purchaseId, body: purchaseBody, notFound: () => new PurchaseNotFoundError(purchaseId),
+    })
   })
 
   app.get('/ticket_options/:id/purchases/:purchase_id/events', {

@@ -13,7 +13,7 @@ import {
 } from '../schemas/responses'
 import { PurchaseHeadersSchema, PurchaseParamsSchema, PurchaseSchema, StateConflictSchema, UserBodySchema } from '../schemas/purchases'
 import { CreateReservationSchema, PendingReservationSchema, ReservationParamsSchema, ReservationSchema } from '../schemas/reservations'
-import { answerSubmit, prefersAsync, stateConflict, streamEvents } from './answers'
+import { answerSubmit, prefersAsync, stateConflict, statusAnswer, streamEvents } from './answers'
 import { eventStreamResponse, takeResponses } from '../schemas/responses'
 import { purchaseBody } from './purchases'
 
@@ -92,17 +92,9 @@ const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const ticketOptionId = request.params.id.toLowerCase()
     const reservationId = request.params.reservation_id.toLowerCase()
-    const result = await sales.reservationStatus(ticketOptionId, reservationId)
-    switch (result.kind) {
-      case 'option_not_found':
-        throw new TicketOptionNotFoundError(ticketOptionId)
-      case 'not_found':
-        throw new ReservationNotFoundError(reservationId)
-      case 'pending':
-        return { id: reservationId, ticket_option_id: ticketOptionId, status: 'pending' as const, ...result.place }
-      case 'recorded':
-        return reservationBody(result.record)
-    }
+    return statusAnswer(await sales.reservationStatus(ticketOptionId, reservationId), {
+      ticketOptionId, id: reservationId, body: reservationBody, notFound: () => new ReservationNotFoundError(reservationId),
+    })
   })
 
   app.get('/ticket_options/:id/reservations/:reservation_id/events', {

@@ -39,7 +39,8 @@ t.test('a missed wake-up only delays a job: the rescan finds its queue', async (
 })
 
 t.test('idle option queues are let go, and come back when used again', async (t) => {
-  const { app, worker, redis, prefix } = await setUp(t, { env: { WORKER_QUEUE_IDLE_MS: '1000', WORKER_RESCAN_MS: '200' } })
+  // Idle after 3 s: long enough that a purchase answered slowly on a loaded machine still finds its queue served.
+  const { app, worker, redis, prefix } = await setUp(t, { env: { WORKER_QUEUE_IDLE_MS: '3000', WORKER_RESCAN_MS: '200' } })
   const id = await createOption(app, 5)
   t.equal((await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })).statusCode, 201)
   t.same(worker?.optionQueues.activeOptionIds, [id])
