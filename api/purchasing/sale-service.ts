@@ -39,6 +39,11 @@ export type SubmitResult<T> =
   /** the Idempotency-Key was used before with another request (422) */
   | { kind: 'idempotency_key_reused' }
 
+/** What the queue path answers; submitNew adds the option's limits to a recorded outcome. */
+type QueuedResult<T> =
+  | { kind: 'recorded', record: T }
+  | Extract<SubmitResult<T>, { kind: 'pending' | 'idempotency_key_reused' }>
+
 /** The answer to a confirmation, release or cancellation. */
 export type ChangeResult =
   | { kind: 'option_not_found' }
@@ -143,9 +148,9 @@ export class SaleService {
     // Never create a queue (or any Redis key) for an id nobody created.
     if (limits === null) return { kind: 'option_not_found' }
     if (exceedsQuantityLimit(quantity, limits.maxPerPurchase)) return { kind: 'quantity_over_limit', limit: limits.maxPerPurchase ?? 0 }
-    // Before any database work, so a full queue costs one comparison in memory;
-    // the place itself is taken when the job is added (addJob).
-    if (await this.queueIsFull(ticketOptionId)) throw new QueueFullError()
+    // Before a key is claimed, so a full queue costs one comparison in memory, not
+    // a claim to let go again; the place itself is taken when the job is added (addJob).
+    if (key !== undefined && await this.queueIsFull(ticketOptionId)) throw new QueueFullError()
     const result = key === undefined
       ? await this.enqueueAndWait(kind.request(randomUUID()), null, kind.find, waitMs)
       : await this.submitOnce(ticketOptionId, key, kind, waitMs)
@@ -216,7 +221,7 @@ export class SaleService {
    * Adds a new purchase's or hold's job and waits for its outcome. `key` is
    * the Idempotency-Key this request claimed for it, if any.
    */
-  private async enqueueAndWait<T> (request: PurchaseRequest | HoldRequest, key: string | null, find: NewRecordKind<T>['find'], waitMs: number): Promise<SubmitResult<T>> {
+  private async enqueueAndWait<T> (request: PurchaseRequest | HoldRequest, key: string | null, find: NewRecordKind<T>['find'], waitMs: number): Promise<QueuedResult<T>> {
     const jobId = jobIdOf(request)
     // Registered before the add, so an outcome published at once is not missed.
     const wait = waitMs > 0 ? this.deps.waiter.wait(jobId, waitMs) : null
@@ -228,7 +233,7 @@ export class SaleService {
       return await this.notQueued(request, key, err)
     }
     const record = wait === null ? null : (await wait.promise as T | null) ?? await find(this.deps.db, request.ticketOptionId, jobId)
-    if (record !== null) return this.answered(this.recorded(record), request)
+    if (record !== null) return this.answered({ kind: 'recorded', record }, request)
     return this.answered({ kind: 'pending', id: jobId, place: await this.placeOf(request.ticketOptionId, ticket) }, request)
   }
 
@@ -239,7 +244,7 @@ export class SaleService {
    * recorded an outcome first, which is then the answer. A claimed key is let
    * go, so a retry starts afresh.
    */
-  private async notQueued<T> (request: PurchaseRequest | HoldRequest, key: string | null, err: unknown): Promise<SubmitResult<T>> {
+  private async notQueued<T> (request: PurchaseRequest | HoldRequest, key: string | null, err: unknown): Promise<QueuedResult<T>> {
     const { db, log } = this.deps
     const id = jobIdOf(request)
     const nothingQueued = err instanceof NothingQueuedError || err instanceof QueueFullError
@@ -247,7 +252,7 @@ export class SaleService {
     if (!nothingQueued || key !== null) {
       try {
         const recorded = await voidUnqueued(db, request)
-        if (recorded !== null) return this.answered(this.recorded(recorded as T), request)
+        if (recorded !== null) return this.answered({ kind: 'recorded', record: recorded as T }, request)
       } catch (voidErr) {
         log.error({ err: voidErr, id }, 'could not void a request whose enqueue failed')
         // Its fate is unknown: never claim nothing was bought.
@@ -266,7 +271,7 @@ export class SaleService {
    * row PostgreSQL inserts creates it; every other request with the key
    * answers its outcome, or 422 when the request differs.
    */
-  private async submitOnce<T extends PurchaseRecord | ReservationRecord> (ticketOptionId: string, key: string, kind: NewRecordKind<T>, waitMs: number): Promise<SubmitResult<T>> {
+  private async submitOnce<T extends PurchaseRecord | ReservationRecord> (ticketOptionId: string, key: string, kind: NewRecordKind<T>, waitMs: number): Promise<QueuedResult<T>> {
     const { db, idempotencyKeyTtlHours } = this.deps
     for (let attempt = 1; attempt <= IDEMPOTENCY_CLAIM_ATTEMPTS; attempt++) {
       const request = kind.request(randomUUID())
@@ -292,7 +297,7 @@ export class SaleService {
    * its id, so an existing job is left alone, and should the first request's
    * enqueue fail after all, it voids it, and this job changes nothing.
    */
-  private async follow<T extends PurchaseRecord | ReservationRecord> (request: PurchaseRequest | HoldRequest, find: NewRecordKind<T>['find'], waitMs: number): Promise<SubmitResult<T> | null> {
+  private async follow<T extends PurchaseRecord | ReservationRecord> (request: PurchaseRequest | HoldRequest, find: NewRecordKind<T>['find'], waitMs: number): Promise<QueuedResult<T> | null> {
     const { db, waiter, log } = this.deps
     const { ticketOptionId } = request
     const id = jobIdOf(request)
@@ -319,7 +324,7 @@ export class SaleService {
       log.info({ id }, 'the request of an idempotency key was never queued')
       return null
     }
-    return this.recorded(recorded)
+    return { kind: 'recorded', record: recorded }
   }
 
   /**
@@ -339,12 +344,7 @@ export class SaleService {
     }
   }
 
-  /** A recorded outcome; the option's limits are added by submitNew, which knows them. */
-  private recorded<T> (record: T): SubmitResult<T> {
-    return { kind: 'recorded', record, limits: { maxPerPurchase: null, maxPerUser: null } }
-  }
-
-  private answered<T> (result: SubmitResult<T>, request: SaleRequest): SubmitResult<T> {
+  private answered<T> (result: QueuedResult<T>, request: SaleRequest): QueuedResult<T> {
     if (request.kind !== 'purchase') return result
     if (result.kind === 'pending') this.deps.observer?.purchaseAnswered('pending', request.enqueuedAt)
     else if (result.kind === 'recorded') this.deps.observer?.purchaseAnswered((result.record as PurchaseRecord).status === 'rejected' ? 'rejected' : 'succeeded', request.enqueuedAt)

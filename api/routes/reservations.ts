@@ -5,6 +5,7 @@
  * A hold is queued and decided like a purchase, and answered the same way.
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyReply } from 'fastify'
 import { ReservationNotFoundError, TicketOptionNotFoundError } from '../../shared/error-catalogue'
 import type { PurchaseRecord, ReservationRecord } from '../../shared/purchases/sale-store'
 import type { ChangeResult } from '../purchasing/sale-service'
@@ -124,12 +125,13 @@ const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   /** The answers confirm and release share: 404, 409 with the state, 202. */
-  function refusal (result: Exclude<ChangeResult, { kind: 'changed' | 'already' }>, ticketOptionId: string, reservationId: string) {
+  async function answerRefusal (reply: FastifyReply, result: Exclude<ChangeResult, { kind: 'changed' | 'already' }>, ticketOptionId: string, reservationId: string): Promise<FastifyReply> {
     switch (result.kind) {
       case 'option_not_found': throw new TicketOptionNotFoundError(ticketOptionId)
       case 'not_found': throw new ReservationNotFoundError(reservationId)
-      case 'refused': return { status: 409 as const, body: stateConflict('RESERVATION_NOT_ACTIVE', result.status) }
-      case 'pending': return { status: 202 as const, body: { id: reservationId, status: 'pending' as const } }
+      case 'refused': return await reply.code(409).send(stateConflict('RESERVATION_NOT_ACTIVE', result.status))
+      case 'pending':
+        return await reply.code(202).header('location', reservationLocation(ticketOptionId, reservationId)).send({ id: reservationId, status: 'pending' as const })
     }
   }
 
@@ -160,9 +162,7 @@ const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
       if (result.kind === 'already') return await reply.code(200).send(body)
       return await reply.code(201).header('location', `/ticket_options/${ticketOptionId}/purchases/${purchase.id}`).send(body)
     }
-    const { status, body } = refusal(result, ticketOptionId, reservationId)
-    if (status === 202) return await reply.code(202).header('location', reservationLocation(ticketOptionId, reservationId)).send(body)
-    return await reply.code(status).send(body)
+    return await answerRefusal(reply, result, ticketOptionId, reservationId)
   })
 
   app.post('/ticket_options/:id/reservations/:reservation_id/release', {
@@ -186,9 +186,7 @@ const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const reservationId = request.params.reservation_id.toLowerCase()
     const result = await sales.release(ticketOptionId, reservationId, request.body.user_id.toLowerCase(), String(request.id))
     if (result.kind === 'changed' || result.kind === 'already') return await reply.code(200).send(reservationBody(result.reservation as ReservationRecord))
-    const { status, body } = refusal(result, ticketOptionId, reservationId)
-    if (status === 202) return await reply.code(202).header('location', reservationLocation(ticketOptionId, reservationId)).send(body)
-    return await reply.code(status).send(body)
+    return await answerRefusal(reply, result, ticketOptionId, reservationId)
   })
 }
 

@@ -9,7 +9,8 @@ import { Queue } from 'bullmq'
 import t from 'tap'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { createTestEnvironment } from '../support/environment'
-import { checkBooks, createOptionOver, fireBurst, getJson } from '../support/purchase-burst'
+import { callJson } from '../support/load'
+import { checkBooks, createOptionOver, fireBurst } from '../support/purchase-burst'
 import { startProcess } from '../support/processes'
 
 const REQUESTS = 60
@@ -36,7 +37,7 @@ t.test('API SIGKILLed while requests wait: the jobs it enqueued are applied once
   t.same(answers.filter((a) => a.status !== 0).map((a) => a.status), [], 'no client got an answer: the API died first')
 
   const fresh = await startProcess(t, 'api', env)
-  const before = await getJson(fresh.url, `/ticket_options/${optionId}/purchases/${jobIds[0] as string}`)
+  const before = await callJson(fresh.url, 'GET', `/ticket_options/${optionId}/purchases/${jobIds[0] as string}`)
   t.equal(before.body.status, 'pending', 'before a worker runs, a fresh API reports a queued purchase as pending')
   await startProcess(t, 'worker', env)
   let applied = 0
@@ -51,7 +52,7 @@ t.test('API SIGKILLed while requests wait: the jobs it enqueued are applied once
   const { rows } = await sql.query<{ id: string, status: string }>('select id::text, status from purchases where ticket_option_id = $1::uuid', [optionId])
   const recorded = new Map(rows.map((r) => [r.id, r.status]))
   for (const id of jobIds) {
-    const { status, body } = await getJson(fresh.url, `/ticket_options/${optionId}/purchases/${id}`)
+    const { status, body } = await callJson(fresh.url, 'GET', `/ticket_options/${optionId}/purchases/${id}`)
     const seen = status === 200 ? String(body.status) : `http ${status}`
     statuses[seen] = (statuses[seen] ?? 0) + 1
     if (seen !== recorded.get(id)) mismatched.push(`${id}: status route ${seen}, recorded ${recorded.get(id) ?? 'nothing'}`)

@@ -32,11 +32,6 @@ export async function fireBurst (apiUrl: string, ticketOptionId: string, options
   return answers.sort((a, b) => a.at - b.at)
 }
 
-/** GET a JSON resource; status 0 when the request failed. */
-export async function getJson (apiUrl: string, path: string): Promise<{ status: number, body: Record<string, unknown> }> {
-  return await callJson(apiUrl, 'GET', path)
-}
-
 /** Follows every 202 through the status route until it is no longer pending, or the time is up. */
 export async function settlePending (apiUrl: string, ticketOptionId: string, answers: Answer[], timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs
@@ -46,7 +41,7 @@ export async function settlePending (apiUrl: string, ticketOptionId: string, ans
     const open = pending.filter((a) => a.settled === 'pending')
     if (open.length === 0) return
     for (const answer of open) {
-      const { status, body } = await getJson(apiUrl, `/ticket_options/${ticketOptionId}/purchases/${answer.purchaseId as string}`)
+      const { status, body } = await callJson(apiUrl, 'GET', `/ticket_options/${ticketOptionId}/purchases/${answer.purchaseId as string}`)
       if (status === 200 && (body.status === 'succeeded' || body.status === 'rejected')) answer.settled = body.status
       if (status === 404) answer.settled = 'not_found'
     }
@@ -87,7 +82,7 @@ export async function checkBooks (t: Asserts, sql: pg.Pool, apiUrl: string, tick
   const succeeded = rows.filter((r) => r.status === 'succeeded')
   const soldQuantity = succeeded.reduce((sum, r) => sum + r.quantity, 0)
 
-  const option = await getJson(apiUrl, `/ticket_options/${ticketOptionId}`)
+  const option = await callJson(apiUrl, 'GET', `/ticket_options/${ticketOptionId}`)
   t.equal(option.body.allocation, initial - soldQuantity, 'GET allocation = initial - committed')
 
   const wrong: string[] = []
