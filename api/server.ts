@@ -5,6 +5,9 @@
  */
 import closeWithGrace from 'close-with-grace'
 import { loadConfigOrExit } from '../shared/config'
+import { openDatabaseServer } from '../shared/embedded-postgres'
+import { createLogger } from '../shared/logger'
+import { stopWhenOrphaned } from '../shared/orphan'
 import { buildApp } from './app'
 
 /** Longer than the purchase wait limit, so every request in flight gets its answer. */
@@ -12,12 +15,16 @@ export const API_SHUTDOWN_GRACE_MS = 5_000
 
 async function main (): Promise<void> {
   const config = loadConfigOrExit()
+  // Joined (or, run alone, started) before the app, stopped after it: its pools close first.
+  const database = await openDatabaseServer(config.embeddedPostgres, createLogger(config, 'api'))
   const app = await buildApp(config)
   closeWithGrace({ delay: config.purchaseWaitMs + API_SHUTDOWN_GRACE_MS, logger: app.log }, async ({ signal, err }) => {
     if (err !== undefined) app.log.error({ err }, 'api closing after an error')
     else app.log.info({ signal }, 'api closing')
     await app.close()
+    await database.stop()
   })
+  stopWhenOrphaned()
   await app.listen({ port: config.port, host: config.host })
 }
 

@@ -16,6 +16,7 @@
  *                            bench/results/profiles/, summarized at the end
  *   BENCH_DATABASE_URL       admin connection (default postgres://postgres@127.0.0.1:5432/postgres)
  *   BENCH_REDIS_URL          default redis://127.0.0.1:6379
+ *   BENCH_BACKEND=postgres   our queues on BullMQ's PostgreSQL backend instead of Redis
  *   BENCH_WORKER_ENV / BENCH_API_ENV  extra env, e.g. "WORKER_BATCH_SIZE=200,DATABASE_POOL_SIZE=5"
  * Results are also appended to bench/results/bench-<time>.jsonl.
  */
@@ -108,6 +109,7 @@ async function main (): Promise<void> {
   const stack = new Stack({
     adminDatabaseUrl: env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
     redisUrl: env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379',
+    queueBackend: env.BENCH_BACKEND === 'postgres' ? 'postgres' : 'redis',
     apis: Number(env.BENCH_APIS ?? '1'),
     workers: Number(env.BENCH_WORKERS ?? '1'),
     profile,
@@ -128,7 +130,7 @@ async function main (): Promise<void> {
   const failures: string[] = []
   const table: string[][] = []
   try {
-    log(`bench: ${quick ? 'quick, ' : ''}${reps} repetition(s), scenarios ${selected.join(',')}; databases ${stack.oursDb}, ${stack.refDb}; prefix ${stack.prefix}`)
+    log(`bench: ${quick ? 'quick, ' : ''}${reps} repetition(s), queues on ${stack.settings.queueBackend}, scenarios ${selected.join(',')}; databases ${stack.oursDb}, ${stack.refDb}; prefix ${stack.prefix}`)
     await stack.start()
     if (Object.keys(workerEnv).length > 0) await stack.restartWorkers(workerEnv)
     const ours: Target = {

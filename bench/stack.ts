@@ -21,6 +21,8 @@ export const PROFILE_DIR = path.join(ROOT, 'bench', 'results', 'profiles')
 export interface BenchSettings {
   adminDatabaseUrl: string
   redisUrl: string
+  /** where our queues live (BENCH_BACKEND) */
+  queueBackend: 'redis' | 'postgres'
   apis: number
   workers: number
   profile: boolean
@@ -115,6 +117,7 @@ export class Stack {
     return {
       DATABASE_URL: this.oursUrl,
       REDIS_URL: this.settings.redisUrl,
+      QUEUE_BACKEND: this.settings.queueBackend,
       QUEUE_PREFIX: this.prefix,
       LOG_LEVEL: 'warn',
       LOG_PRETTY: 'false',
@@ -181,7 +184,7 @@ export class Stack {
     return { ...proc, url }
   }
 
-  /** Starts a worker; it is ready once it listens for wake-ups (PUBSUB NUMSUB grows). */
+  /** Starts a worker; it is ready once it listens for wake-ups (PUBSUB NUMSUB, or its LISTEN connection, grows). */
   async startWorker (i: number, extra: Record<string, string>): Promise<Child> {
     const channel = `${this.prefix}:queue-wakeup`
     const before = await this.subscribers(channel)
@@ -198,6 +201,11 @@ export class Stack {
   }
 
   private async subscribers (channel: string): Promise<number> {
+    if (this.settings.queueBackend === 'postgres') {
+      // The worker's LISTEN connection (shared/queues/postgres-queue-backend.ts names it), once it has listened.
+      const { rows } = await this.oursSql.query("select count(*)::int as n from pg_stat_activity where application_name = $1 and query ilike 'LISTEN%'", [`${this.prefix}-worker-listener`])
+      return rows[0].n as number
+    }
     const reply = await this.redis?.pubsub('NUMSUB', channel) as [string, number] | undefined
     return Number(reply?.[1] ?? 0)
   }

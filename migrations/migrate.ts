@@ -13,6 +13,8 @@ import pg from 'pg'
 import type { Logger } from 'pino'
 import { loadConfigOrExit } from '../shared/config'
 import { ensureDatabase } from '../shared/db'
+import { openDatabaseServer } from '../shared/embedded-postgres'
+import { prepareQueueStore } from '../shared/queues/queue-backend'
 import { createLogger } from '../shared/logger'
 import { redactUrl } from '../shared/redact-url'
 
@@ -83,9 +85,15 @@ export async function migrate (databaseUrl: string, log?: Logger): Promise<strin
 async function main (): Promise<void> {
   const config = loadConfigOrExit()
   const log = createLogger(config, 'migrate')
-  if (await ensureDatabase(config.databaseUrl)) log.info({ database: redactUrl(config.databaseUrl) }, 'database created')
-  const applied = await migrate(config.databaseUrl, log)
-  log.info({ applied: applied.length }, applied.length === 0 ? 'schema is up to date' : 'migrations done')
+  const server = await openDatabaseServer(config.embeddedPostgres, log)
+  try {
+    if (await ensureDatabase(config.databaseUrl)) log.info({ database: redactUrl(config.databaseUrl) }, 'database created')
+    const applied = await migrate(config.databaseUrl, log)
+    await prepareQueueStore(config)
+    log.info({ applied: applied.length }, applied.length === 0 ? 'schema is up to date' : 'migrations done')
+  } finally {
+    await server.stop()
+  }
   log.flush?.()
 }
 

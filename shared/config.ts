@@ -7,13 +7,14 @@
  */
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import { existsSync } from 'node:fs'
 import { isIP } from 'node:net'
+import path from 'node:path'
 import { redactUrl } from './redact-url'
 
 const Port = (def: string) => Type.String({ pattern: '^[0-9]{1,5}$', default: def })
 const Int = (def: string) => Type.String({ pattern: '^[0-9]{1,10}$', default: def })
 const Bool = (def: 'true' | 'false') => Type.Union([Type.Literal('true'), Type.Literal('false')], { default: def })
-const Url = (def: string, scheme: string) => Type.String({ pattern: `^${scheme}://`, default: def })
 
 /** The environment as strings, before conversion. Defaults work on a developer machine. */
 export const EnvSchema = Type.Object({
@@ -21,12 +22,23 @@ export const EnvSchema = Type.Object({
   PORT: Port('3000'),
   /** Interface the API and the worker's health server listen on; compose sets 0.0.0.0. */
   HOST: Type.String({ minLength: 1, default: '127.0.0.1' }),
-  /** PostgreSQL connection string; the database is created by `npm run migrate` when missing. */
-  DATABASE_URL: Url('postgres://postgres@127.0.0.1:5432/tickets', 'postgres(ql)?'),
+  /**
+   * PostgreSQL connection string; the database is created by `npm run migrate` when missing.
+   * Unset: an embedded PostgreSQL with its data in EMBEDDED_POSTGRES_DIR (API.md "Where it runs").
+   */
+  DATABASE_URL: Type.Optional(Type.String({ pattern: '^postgres(ql)?://' })),
+  /** Port of the embedded PostgreSQL (used only without DATABASE_URL); not 5432, so it never meets a system server. */
+  EMBEDDED_POSTGRES_PORT: Port('54329'),
+  /** Data folder of the embedded PostgreSQL, relative to the checkout unless absolute. */
+  EMBEDDED_POSTGRES_DIR: Type.String({ minLength: 1, default: '.data/postgres' }),
+  /** Started as root, the OS user the embedded PostgreSQL runs as (it refuses root); created when missing. */
+  EMBEDDED_POSTGRES_OS_USER: Type.String({ pattern: '^[a-z_][a-z0-9_-]{0,31}$', default: 'postgres' }),
   /** Connections per process in the PostgreSQL pool. */
   DATABASE_POOL_SIZE: Int('10'),
-  /** Redis connection string. */
-  REDIS_URL: Url('redis://127.0.0.1:6379', 'rediss?'),
+  /** Redis connection string: set, the queues run on Redis (unless QUEUE_BACKEND says otherwise). */
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://' })),
+  /** Where the queues live: `redis` or `postgres`. Unset: Redis when REDIS_URL is set, PostgreSQL otherwise. */
+  QUEUE_BACKEND: Type.Optional(Type.Union([Type.Literal('redis'), Type.Literal('postgres')])),
   /** Prefix of every Redis key this service writes (BullMQ queues, registry, channels). No `:`. */
   QUEUE_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.{}-]{1,64}$', default: 'tickets' }),
   /** pino level. */
@@ -84,8 +96,14 @@ export type Env = Static<typeof EnvSchema>
 export interface Config {
   readonly port: number
   readonly host: string
+  /** the PostgreSQL to use: DATABASE_URL, or the embedded server's */
   readonly databaseUrl: string
+  /** the embedded PostgreSQL to run or join (no DATABASE_URL); null when DATABASE_URL is set */
+  readonly embeddedPostgres: EmbeddedPostgresSettings | null
   readonly databasePoolSize: number
+  /** where the queues live (shared/queues/queue-backend.ts is the only reader) */
+  readonly queueBackend: 'redis' | 'postgres'
+  /** REDIS_URL, or the local default when QUEUE_BACKEND=redis names none */
   readonly redisUrl: string
   readonly queuePrefix: string
   readonly logLevel: string
@@ -112,6 +130,14 @@ export interface Config {
   readonly reconcileIntervalMs: number
   /** serve the example pages (examples/) */
   readonly examples: boolean
+}
+
+export interface EmbeddedPostgresSettings {
+  /** absolute path of the data folder */
+  readonly dataDir: string
+  readonly port: number
+  /** who runs it when this process is root */
+  readonly osUser: string
 }
 
 /** Fastify's `trustProxy`: trust none, all, this many hops, or these addresses and ranges. */
@@ -188,6 +214,21 @@ function shownValue (name: string, raw: string | undefined): string {
   return JSON.stringify(name.endsWith('_URL') ? redactUrl(raw) : raw)
 }
 
+/** Where QUEUE_BACKEND=redis looks when REDIS_URL names no server. */
+export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379'
+
+/** The embedded server's database: its superuser, on loopback only, with trust auth (initdb in shared/embedded-postgres). */
+export function embeddedDatabaseUrl (embedded: EmbeddedPostgresSettings): string {
+  return `postgres://postgres@127.0.0.1:${embedded.port}/tickets`
+}
+
+/** The checkout: the nearest folder above this file with a package.json (from source and from dist/). */
+function projectRoot (): string {
+  let dir = __dirname
+  while (!existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir)
+  return dir
+}
+
 /** Reads and validates the environment; throws a ConfigError naming the first bad variable. */
 export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
   for (const [name, instead] of Object.entries(OBSOLETE)) {
@@ -205,12 +246,17 @@ export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
     const name = firstError.path.replace(/^\//, '')
     throw new ConfigError(`${name} is invalid (${firstError.message}): ${shownValue(name, source[name])}`)
   }
+  const embedded: EmbeddedPostgresSettings | null = env.DATABASE_URL === undefined
+    ? { dataDir: path.resolve(projectRoot(), env.EMBEDDED_POSTGRES_DIR), port: intIn(env, 'EMBEDDED_POSTGRES_PORT', 1, 65535), osUser: env.EMBEDDED_POSTGRES_OS_USER }
+    : null
   return Object.freeze({
     port: intIn(env, 'PORT', 0, 65535),
     host: env.HOST,
-    databaseUrl: env.DATABASE_URL,
+    databaseUrl: env.DATABASE_URL ?? embeddedDatabaseUrl(embedded as EmbeddedPostgresSettings),
+    embeddedPostgres: embedded,
     databasePoolSize: intIn(env, 'DATABASE_POOL_SIZE', 1, 1000),
-    redisUrl: env.REDIS_URL,
+    queueBackend: env.QUEUE_BACKEND ?? (env.REDIS_URL === undefined ? 'postgres' : 'redis'),
+    redisUrl: env.REDIS_URL ?? DEFAULT_REDIS_URL,
     queuePrefix: env.QUEUE_PREFIX,
     logLevel: env.LOG_LEVEL,
     logPretty: env.LOG_PRETTY === undefined ? process.stdout.isTTY === true : env.LOG_PRETTY === 'true',

@@ -1,6 +1,6 @@
 /**
  * Readiness checks shared by the API and the worker: does PostgreSQL answer
- * `select 1`, does Redis answer PING. Each check gives up after a short
+ * `select 1`, does Redis answer PING (when the queues are on Redis). Each check gives up after a short
  * timeout, so a probe reports an outage within a second or two instead of
  * hanging along with the dependency, and nothing is cached, so readiness
  * recovers by itself as soon as the dependency answers again.
@@ -15,7 +15,8 @@ export const HEALTH_CHECK_TIMEOUT_MS = 1000
 
 export interface Readiness {
   postgres: boolean
-  redis: boolean
+  /** the queue store when it is not PostgreSQL itself; null when it is */
+  queues: { name: string, up: boolean } | null
 }
 
 async function within<T> (promise: Promise<T>, timeoutMs: number): Promise<T> {
@@ -57,17 +58,34 @@ export async function redisAnswers (redis: Redis, timeoutMs = HEALTH_CHECK_TIMEO
   }
 }
 
-export async function checkReadiness (db: Db, redis: Redis, timeoutMs = HEALTH_CHECK_TIMEOUT_MS): Promise<Readiness> {
-  const [postgres, redisUp] = await Promise.all([postgresAnswers(db, timeoutMs), redisAnswers(redis, timeoutMs)])
-  return { postgres, redis: redisUp }
+/** The queue backend's side of readiness (shared/queues/queue-backend.ts). */
+export interface QueueStore {
+  readonly storeName: string
+  answers: (timeoutMs: number) => Promise<boolean>
+}
+
+/**
+ * PostgreSQL, and the queue store when it is another one (Redis): only the
+ * stores in use are asked. `checks` names each, for the readiness body.
+ */
+export async function checkReadiness (db: Db, queues: QueueStore, timeoutMs = HEALTH_CHECK_TIMEOUT_MS): Promise<Readiness> {
+  const separate = queues.storeName !== 'PostgreSQL'
+  const [postgres, queuesUp] = await Promise.all([postgresAnswers(db, timeoutMs), separate ? queues.answers(timeoutMs) : Promise.resolve(true)])
+  return { postgres, queues: separate ? { name: queues.storeName, up: queuesUp } : null }
 }
 
 export function isReady (readiness: Readiness): boolean {
-  return readiness.postgres && readiness.redis
+  return readiness.postgres && (readiness.queues?.up ?? true)
+}
+
+/** The body's `checks`: `{ postgres: 'ok' }`, plus `redis: 'ok'` when the queues are on Redis. */
+export function readinessChecks (readiness: Readiness): { postgres: 'ok', redis?: 'ok' } {
+  return readiness.queues === null ? { postgres: 'ok' } : { postgres: 'ok', redis: 'ok' }
 }
 
 /** Names what is down, for "<name> is unavailable": "PostgreSQL", "Redis" or "PostgreSQL (and Redis)". */
 export function unavailableDependencies (readiness: Readiness): string {
-  if (!readiness.postgres) return readiness.redis ? 'PostgreSQL' : 'PostgreSQL (and Redis)'
-  return 'Redis'
+  const queuesDown = readiness.queues !== null && !readiness.queues.up
+  if (!readiness.postgres) return queuesDown ? `PostgreSQL (and ${readiness.queues?.name ?? ''})` : 'PostgreSQL'
+  return readiness.queues?.name ?? 'PostgreSQL'
 }

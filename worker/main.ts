@@ -8,8 +8,10 @@ import closeWithGrace from 'close-with-grace'
 import type { Logger } from 'pino'
 import { loadConfigOrExit, type Config } from '../shared/config'
 import { createPool } from '../shared/db'
+import { openDatabaseServer } from '../shared/embedded-postgres'
 import { createLogger } from '../shared/logger'
-import { createWorkerConnection } from '../shared/redis'
+import { stopWhenOrphaned } from '../shared/orphan'
+import { openQueueBackend } from '../shared/queues/queue-backend'
 import { startHealthServer, type HealthServer } from './monitoring/health-server'
 import { startHoldSweeper } from './hold-expiry-sweeper'
 import { startKeySweeper } from './idempotency-key-sweeper'
@@ -25,20 +27,18 @@ export interface RunningWorker {
 
 export async function startWorker (config: Config, log: Logger): Promise<RunningWorker> {
   const db = createPool(config.databaseUrl, config.databasePoolSize, log)
-  const connection = createWorkerConnection(config.redisUrl, log, `${config.queuePrefix}-worker`)
-  const subscriber = createWorkerConnection(config.redisUrl, log, `${config.queuePrefix}-worker-wakeups`)
+  const backend = openQueueBackend(config, log, 'worker')
   const metrics = new WorkerMetrics()
-  // Up before the queues start, so a worker stuck waiting for Redis is live but not ready.
+  // Up before the queues start, so a worker stuck waiting for its stores is live but not ready.
   let health: HealthServer
   try {
-    health = await startHealthServer({ host: config.host, port: config.workerHealthPort, db, redis: connection, log, metrics })
+    health = await startHealthServer({ host: config.host, port: config.workerHealthPort, db, queues: backend, log, metrics })
   } catch (err) {
-    subscriber.disconnect()
-    connection.disconnect()
+    await backend.close()
     await db.end()
     throw err
   }
-  const optionQueues = new OptionQueues({ config, db, connection, subscriber, log, metrics })
+  const optionQueues = new OptionQueues({ config, db, backend, log, metrics })
   await optionQueues.start()
   const keySweeper = startKeySweeper(db, log)
   const holdSweeper = startHoldSweeper(db, log, config.holdSweepMs)
@@ -50,8 +50,7 @@ export async function startWorker (config: Config, log: Logger): Promise<Running
       await holdSweeper.stop()
       await keySweeper.stop()
       await optionQueues.close()
-      subscriber.disconnect()
-      await connection.quit().catch(() => { connection.disconnect() })
+      await backend.close()
       await db.end()
       await health.close()
     }),
@@ -69,14 +68,18 @@ export const WORKER_SHUTDOWN_BUDGET_MS = 20_000
 async function main (): Promise<void> {
   const config = loadConfigOrExit()
   const log = createLogger(config, 'worker')
+  // Joined (or, run alone, started) before the worker, stopped after it: its pools close first.
+  const database = await openDatabaseServer(config.embeddedPostgres, log)
   const worker = await startWorker(config, log)
   log.info({ batchSize: config.workerBatchSize }, 'worker started')
   closeWithGrace({ delay: WORKER_SHUTDOWN_BUDGET_MS, logger: log }, async ({ signal, err }) => {
     if (err !== undefined) log.error({ err }, 'worker closing after an error')
     else log.info({ signal }, 'worker closing')
     await worker.close()
+    await database.stop()
     log.info('worker closed')
   })
+  stopWhenOrphaned()
 }
 
 if (require.main === module) {

@@ -5,24 +5,21 @@
  * PostgreSQL. Options the workers let go (no longer registered) drop out, and
  * their Queue objects are closed.
  *
- * Every Queue shares the API's fail-fast Redis connection, so the dashboard
+ * Every Queue shares the API's fail-fast queue connection, so the dashboard
  * adds no connection however many options there are. Adapters are read-only:
  * retrying a completed purchase job would run the purchase again.
  */
 import type { createBullBoard } from '@bull-board/api'
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter'
-import { Queue } from 'bullmq'
-import type { Redis } from 'ioredis'
+import type { Queue } from 'bullmq'
 import type { Logger } from 'pino'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
-import { listActiveOptions } from '../../shared/queues/queue-registry'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
 export interface DashboardQueuesDeps {
-  redis: Redis
-  /** QUEUE_PREFIX, the same BullMQ prefix the API and the workers use */
-  prefix: string
+  backend: Pick<QueueBackend, 'createQueue' | 'listActiveOptions'>
   /** names of options by id (shared/ticket-options.ts `ticketOptionNames`) */
   optionNames: (ids: readonly string[]) => Promise<Map<string, string>>
   board: Pick<ReturnType<typeof createBullBoard>, 'replaceQueues'>
@@ -66,9 +63,9 @@ export class DashboardQueues {
 
   /** Reads the registry and replaces the board's queues; throws when Redis or PostgreSQL fails. */
   async refresh (): Promise<void> {
-    const { redis, prefix, optionNames, board, maxQueues } = this.deps
+    const { backend, optionNames, board, maxQueues } = this.deps
     const startedAt = Date.now()
-    const registered = await listActiveOptions(redis, prefix)
+    const registered = await backend.listActiveOptions()
     // Only the API registers ids, but a stray member must not break the query of names.
     const newest = registered
       .filter((o) => UUID.test(o.ticketOptionId))
@@ -100,11 +97,7 @@ export class DashboardQueues {
   }
 
   private open (ticketOptionId: string, name: string | undefined): ShownQueue {
-    const queue = new Queue(purchaseQueueName(ticketOptionId), {
-      connection: this.deps.redis,
-      prefix: this.deps.prefix,
-      skipWaitingForReady: true,
-    })
+    const queue = this.deps.backend.createQueue(purchaseQueueName(ticketOptionId), { skipWaitingForReady: true })
     queue.on('error', (err) => { this.deps.log.warn({ err, ticketOptionId }, 'dashboard queue error') })
     const adapter = new BullMQAdapter(queue, {
       readOnlyMode: true,

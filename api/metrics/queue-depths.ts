@@ -1,20 +1,15 @@
 /**
  * Reads how many purchase jobs wait and run in the option queues, for
  * GET /metrics. Read on scrape only, never per request, and bounded three ways
- * so that neither Redis nor Prometheus suffers in a sale with many options:
- * only the `scanned` most recently used options of the registry of active
- * options (shared/queues/queue-registry.ts) are read, in one pipelined round trip;
- * only the `top` deepest of them get a series of their own (the label set
- * stays small); and the read gives up after `timeoutMs`, so a Redis outage
- * makes /metrics report `purchase_queue_depth_up 0` instead of hanging.
- *
- * The counts are the lengths of BullMQ's own keys (named by its QueueKeys):
- * one LLEN/ZCARD each, where Queue#getJobCounts would need a Queue object per
- * option. test/api/metrics.test.ts checks they agree with getJobCounts.
+ * so that neither the queue store nor Prometheus suffers in a sale with many
+ * options: only the `scanned` most recently used options of the registry of
+ * active options are read, in one round trip (the queue backend's
+ * `queueCounts`); only the `top` deepest of them get a series of their own
+ * (the label set stays small); and the read gives up after `timeoutMs`, so an
+ * outage makes /metrics report `purchase_queue_depth_up 0` instead of hanging.
+ * test/api/metrics.test.ts checks the counts agree with getJobCounts.
  */
-import { QueueKeys } from 'bullmq'
-import type { Redis } from 'ioredis'
-import { activeOptionsKey, purchaseQueueName } from '../../shared/queues/queue-names'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
 
 /** Most recently used options read per scrape: one pipelined round trip of 4 small commands each. */
 export const QUEUE_DEPTH_SCANNED = 200
@@ -43,9 +38,7 @@ export interface QueueDepthSnapshot {
 }
 
 export interface QueueDepthsOptions {
-  redis: Redis
-  /** QUEUE_PREFIX, the BullMQ prefix of the queues */
-  prefix: string
+  backend: Pick<QueueBackend, 'recentOptions' | 'queueCounts'>
   /** how many of the most recently used options are read */
   scanned: number
   /** how many of them get a series of their own */
@@ -68,42 +61,21 @@ async function within<T> (promise: Promise<T>, timeoutMs: number): Promise<T> {
 }
 
 export class QueueDepths {
-  private readonly keys: QueueKeys
+  constructor (private readonly options: QueueDepthsOptions) {}
 
-  constructor (private readonly options: QueueDepthsOptions) {
-    this.keys = new QueueKeys(options.prefix)
-  }
-
-  /** One snapshot; rejects when Redis fails or does not answer within `timeoutMs`. */
+  /** One snapshot; rejects when the store fails or does not answer within `timeoutMs`. */
   async read (): Promise<QueueDepthSnapshot> {
     return await within(this.readNow(), this.options.timeoutMs)
   }
 
   private async readNow (): Promise<QueueDepthSnapshot> {
-    const { redis, prefix, scanned, top } = this.options
-    const registry = activeOptionsKey(prefix)
-    const [registered, ids] = await Promise.all([
-      redis.zcard(registry),
-      // Most recently used first: those are the queues a sale fills.
-      redis.zrevrange(registry, 0, scanned - 1),
-    ])
-    const pipeline = redis.pipeline()
-    for (const id of ids) {
-      const name = purchaseQueueName(id)
-      pipeline.llen(this.keys.toKey(name, 'wait'))
-      pipeline.zcard(this.keys.toKey(name, 'prioritized'))
-      pipeline.llen(this.keys.toKey(name, 'active'))
-      pipeline.zcard(this.keys.toKey(name, 'delayed'))
-    }
-    const replies = ids.length === 0 ? [] : (await pipeline.exec()) ?? []
-    const count = (i: number): number => {
-      const [err, value] = replies[i] ?? [new Error('no reply'), null]
-      if (err !== null) throw err
-      return Number(value)
-    }
+    const { backend, scanned, top } = this.options
+    // Most recently used first: those are the queues a sale fills.
+    const { registered, ids } = await backend.recentOptions(scanned)
+    const counts = await backend.queueCounts(ids)
     const total: Record<QueueState, number> = { waiting: 0, active: 0, delayed: 0 }
     const depths = ids.map((ticketOptionId, i): OptionQueueDepth => {
-      const depth = { ticketOptionId, waiting: count(4 * i) + count(4 * i + 1), active: count(4 * i + 2), delayed: count(4 * i + 3) }
+      const depth = { ticketOptionId, ...(counts[i] ?? { waiting: 0, active: 0, delayed: 0 }) }
       for (const state of QUEUE_STATES) total[state] += depth[state]
       return depth
     })

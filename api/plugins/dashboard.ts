@@ -48,8 +48,7 @@ async function dashboardPlugin (app: FastifyInstance, { config }: DashboardOptio
   serverAdapter.setBasePath(DASHBOARD_PATH)
   const board = createBullBoard({ queues: [], serverAdapter, options: { uiConfig: { boardTitle: 'Ticket queues' } } })
   const queues = new DashboardQueues({
-    redis: app.redis,
-    prefix: config.queuePrefix,
+    backend: app.queueBackend,
     optionNames: async (ids) => await ticketOptionNames(app.db, ids),
     board,
     // Fastify's logger is a pino logger; its declared type is a narrower interface.

@@ -1,18 +1,18 @@
 /**
- * Opens what the routes need: the PostgreSQL pool, the fail-fast Redis
- * connection for queues, the outcome subscriber, the sale service
+ * Opens what the routes need: the PostgreSQL pool, the queue backend (Redis
+ * or PostgreSQL, shared/queues/queue-backend.ts) with its outcome
+ * subscription, the sale service
  * (purchases, holds, confirmations, releases, cancellations) on top of them,
  * and the scheduled check of the ledgers. Closed in reverse order when the
  * app closes.
  */
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Config } from '../../shared/config'
 import { createPool, type Db } from '../../shared/db'
 import { recordedIds } from '../../shared/purchases/sale-store'
-import { createProducerConnection, createWorkerConnection, waitUntilReady } from '../../shared/redis'
+import { openQueueBackend, type QueueBackend } from '../../shared/queues/queue-backend'
 import { OutcomeWaiter } from '../purchasing/outcome-waiter'
 import { PurchaseQueues } from '../purchasing/purchase-queues'
 import { QueueBackpressure } from '../purchasing/queue-backpressure'
@@ -25,7 +25,7 @@ import { SaleService } from '../purchasing/sale-service'
 declare module 'fastify' {
   interface FastifyInstance {
     db: Db
-    redis: Redis
+    queueBackend: QueueBackend
     sales: SaleService
     outcomeWaiter: OutcomeWaiter
     queueLine: QueueLine
@@ -41,12 +41,10 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
   // Fastify's logger is a pino logger; its declared type is a narrower interface.
   const log = app.log as unknown as Logger
   const db = createPool(config.databaseUrl, config.databasePoolSize, log)
-  const redis = createProducerConnection(config.redisUrl, log, `${config.queuePrefix}-api`)
-  // Subscribers wait out outages and re-subscribe by themselves.
-  const subscriber = createWorkerConnection(config.redisUrl, log, `${config.queuePrefix}-api-outcomes`)
-  const line = new QueueLine(redis, config.queuePrefix)
-  const waiter = new OutcomeWaiter(subscriber, config.queuePrefix, log, line)
-  const queues = new PurchaseQueues(redis, config.queuePrefix, log)
+  const backend = openQueueBackend(config, log, 'api')
+  const line = new QueueLine(backend)
+  const waiter = new OutcomeWaiter(backend, line)
+  const queues = new PurchaseQueues(backend, log)
   const backpressure = new QueueBackpressure({
     waitingCount: async (ticketOptionId) => await queues.waitingCount(ticketOptionId),
     maxWaiting: config.queueMaxWaiting,
@@ -69,10 +67,10 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     recorded: async (purchaseIds, reservationIds) => await recordedIds(db, purchaseIds, reservationIds),
     onCount: (open) => { app.metrics.eventStreamsOpen.set(open) },
   })
-  app.metrics.watchQueueDepths(new QueueDepths({ redis, prefix: config.queuePrefix, scanned: QUEUE_DEPTH_SCANNED, top: QUEUE_DEPTH_TOP, timeoutMs: QUEUE_DEPTH_TIMEOUT_MS }), log)
+  app.metrics.watchQueueDepths(new QueueDepths({ backend, scanned: QUEUE_DEPTH_SCANNED, top: QUEUE_DEPTH_TOP, timeoutMs: QUEUE_DEPTH_TIMEOUT_MS }), log)
 
   app.decorate('db', db)
-  app.decorate('redis', redis)
+  app.decorate('queueBackend', backend)
   app.decorate('outcomeWaiter', waiter)
   app.decorate('queueLine', line)
   app.decorate('outcomeStreams', streams)
@@ -84,12 +82,11 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     await reconciler.stop()
     streams.close()
     await queues.close()
-    subscriber.disconnect()
-    await redis.quit().catch(() => { redis.disconnect() })
+    await backend.close()
     await db.end()
   })
 
-  await waitUntilReady(redis, 10_000)
+  await backend.waitUntilReady(10_000)
   await waiter.start()
 }
 

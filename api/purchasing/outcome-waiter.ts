@@ -1,12 +1,10 @@
 /**
- * Waits for outcomes published by workers, by job id (a purchase's or hold's own id). One subscriber connection
- * per API process, whatever the number of options. A waiter is registered
+ * Waits for outcomes published by workers, by job id (a purchase's or hold's own id). One subscription
+ * per API process (a Redis channel or a PostgreSQL LISTEN), whatever the number of options. A waiter is registered
  * before its job is added, so an outcome published at once is never missed.
  */
-import type { Redis } from 'ioredis'
-import type { Logger } from 'pino'
-import { purchaseOutcomesChannel } from '../../shared/queues/queue-names'
-import { parseLineMessage, type LineMessage } from '../../shared/purchases/purchase-outcomes'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
+import type { LineMessage } from '../../shared/purchases/purchase-outcomes'
 import type { QueueLine } from './queue-line'
 import type { SaleOutcome } from '../../shared/purchases/sale-store'
 
@@ -20,39 +18,22 @@ type Resolver = (record: SaleOutcome | null) => void
 
 export class OutcomeWaiter {
   private readonly waiters = new Map<string, Set<Resolver>>()
-  private readonly channel: string
 
   /** `line` hears every batch too, to keep each option's place in line (queue-line.ts). */
-  constructor (private readonly subscriber: Redis, prefix: string, private readonly log: Logger, private readonly line?: QueueLine) {
-    this.channel = purchaseOutcomesChannel(prefix)
-  }
+  constructor (private readonly backend: Pick<QueueBackend, 'subscribeLineMessages'>, private readonly line?: QueueLine) {}
 
   async start (): Promise<void> {
-    this.subscriber.on('message', (channel: string, message: string) => {
-      if (channel !== this.channel) return
-      let parsed: LineMessage | null
-      try {
-        parsed = parseLineMessage(message)
-      } catch (err) {
-        this.log.warn({ err }, 'unreadable purchase outcome message')
-        return
-      }
-      if (parsed?.type === 'applying') {
-        this.line?.applying(parsed.ticketOptionId, parsed.applyingLine)
-      } else if (parsed?.type === 'applied') {
-        if (parsed.ticketOptionId !== '') this.line?.applied(parsed.ticketOptionId, parsed.appliedLine, parsed.count, parsed.at)
-        if (this.waiters.size > 0) for (const outcome of parsed.outcomes) this.settle(outcome.id, outcome)
-      }
-    })
-    // ioredis re-subscribes by itself after a reconnect, but only if the
-    // connection it lost had subscribed; after a reconnect that failed midway
-    // it may not know. Subscribing again on every ready is harmless. Messages
-    // may have been missed meanwhile: the applied line numbers are read again.
-    this.subscriber.on('ready', () => {
-      this.line?.forgetApplied()
-      this.subscriber.subscribe(this.channel).catch((err: unknown) => { this.log.warn({ err }, 'could not subscribe to purchase outcomes') })
-    })
-    await this.subscriber.subscribe(this.channel)
+    // After a reconnect messages may have been missed: the applied line numbers are read again.
+    await this.backend.subscribeLineMessages((message) => { this.hear(message) }, () => { this.line?.forgetApplied() })
+  }
+
+  private hear (message: LineMessage): void {
+    if (message.type === 'applying') {
+      this.line?.applying(message.ticketOptionId, message.applyingLine)
+    } else {
+      if (message.ticketOptionId !== '') this.line?.applied(message.ticketOptionId, message.appliedLine, message.count, message.at)
+      if (this.waiters.size > 0) for (const outcome of message.outcomes) this.settle(outcome.id, outcome)
+    }
   }
 
   wait (jobId: string, timeoutMs: number): OutcomeWait {

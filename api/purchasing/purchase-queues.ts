@@ -1,15 +1,14 @@
 /**
  * The API's side of the per-option queues: adds purchase jobs, registers the
- * option as active and wakes the workers. All queues share one fail-fast
- * Redis connection, so the API's connections do not grow with the options;
- * Queue objects are kept in a bounded LRU.
+ * option as active and wakes the workers. All queues share the queue
+ * backend's fail-fast connection, so the API's connections do not grow with
+ * the options; Queue objects are kept in a bounded LRU.
  */
-import { Queue } from 'bullmq'
-import type { Redis } from 'ioredis'
+import type { Queue } from 'bullmq'
 import type { Logger } from 'pino'
 import { jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
-import { touchOption } from '../../shared/queues/queue-registry'
 
 // Touching the registry more often than this per option only repeats work;
 // it must stay far below WORKER_QUEUE_IDLE_MS so a registration never lapses while in use.
@@ -20,6 +19,10 @@ interface OpenQueue {
   /** setGlobalConcurrency(1) done; every add waits for it */
   ready: Promise<void>
   touchedAt: number
+  /** the registry touch in flight, shared by the requests that need it */
+  touching: Promise<void> | null
+  /** requests to add at the end of this event-loop turn, in the order they asked */
+  gathering: Array<{ data: SaleRequest, resolve: () => void, reject: (err: unknown) => void }> | null
 }
 
 export type JobState = 'pending' | 'unknown'
@@ -28,15 +31,14 @@ export class PurchaseQueues {
   private readonly open = new Map<string, OpenQueue>()
 
   constructor (
-    private readonly redis: Redis,
-    private readonly prefix: string,
+    private readonly backend: QueueBackend,
     private readonly log: Logger,
     private readonly maxOpen = 1000
   ) {
     // A Redis restarted without its data (no AOF) forgets each queue's global
     // concurrency and the registry: set them again on every reconnect, before
     // the next add (enqueue awaits `ready`), so options stay serial across workers.
-    redis.on('ready', () => { this.setUpAgain() })
+    backend.onReconnect(() => { this.setUpAgain() })
   }
 
   private setUpAgain (): void {
@@ -55,21 +57,18 @@ export class PurchaseQueues {
       this.open.set(ticketOptionId, entry)
       return entry
     }
-    const queue = new Queue(purchaseQueueName(ticketOptionId), {
-      connection: this.redis,
-      prefix: this.prefix,
+    const queue = this.backend.createQueue(purchaseQueueName(ticketOptionId), {
       skipWaitingForReady: true,
       defaultJobOptions: {
         // Infrastructure failures are retried; the worker first retries in place for a while.
         attempts: 100,
         backoff: { type: 'fixed', delay: 2000 },
-        removeOnComplete: { age: 3600, count: 10_000 },
-        removeOnFail: { age: 7 * 24 * 3600 },
+        ...this.backend.retention,
       },
     })
     queue.on('error', (err) => { this.log.warn({ err, ticketOptionId }, 'queue error') })
     const ready = queue.setGlobalConcurrency(1).then(() => {})
-    entry = { queue, ready, touchedAt: 0 }
+    entry = { queue, ready, touchedAt: 0, touching: null, gathering: null }
     // A failed set-up is retried on the next request instead of being cached.
     ready.catch(() => { if (this.open.get(ticketOptionId) === entry) this.open.delete(ticketOptionId) })
     this.open.set(ticketOptionId, entry)
@@ -81,21 +80,56 @@ export class PurchaseQueues {
     return entry
   }
 
-  /** Adds the request's job (job id: `jobIdOf`, so adding it twice queues it once). Throws when Redis is unavailable. */
+  /** Adds the request's job (job id: `jobIdOf`, so adding it twice queues it once). Throws when the queue store is unavailable. */
   async enqueue (data: SaleRequest): Promise<void> {
     const entry = this.get(data.ticketOptionId)
     await entry.ready
+    await this.touch(entry, data.ticketOptionId)
+    await this.add(entry, data)
+  }
+
+  /** Registers the option at most once a second; requests meanwhile wait for the touch in flight instead of each sending one. */
+  private async touch (entry: OpenQueue, ticketOptionId: string): Promise<void> {
+    if (entry.touching !== null) return await entry.touching
     const now = Date.now()
-    if (now - entry.touchedAt >= TOUCH_INTERVAL_MS) {
-      await touchOption(this.redis, this.prefix, data.ticketOptionId, now)
-      entry.touchedAt = now
+    if (now - entry.touchedAt < TOUCH_INTERVAL_MS) return
+    const touching = this.backend.touchOption(ticketOptionId, now).then(() => { entry.touchedAt = now })
+    entry.touching = touching
+    try {
+      await touching
+    } finally {
+      entry.touching = null
     }
-    await entry.queue.add(PURCHASE_JOB_NAME, data, { jobId: jobIdOf(data) })
+  }
+
+  /**
+   * Requests of one option that are added in the same turn of the event loop
+   * go as one `addBulk`, in the order they asked (one transaction, and one
+   * notification of the workers, on PostgreSQL; one round trip on Redis). All
+   * are added or none: a failure reaches each of them.
+   */
+  private async add (entry: OpenQueue, data: SaleRequest): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      let gathering = entry.gathering
+      if (gathering === null) {
+        const batch: NonNullable<OpenQueue['gathering']> = []
+        gathering = batch
+        entry.gathering = batch
+        setImmediate(() => {
+          entry.gathering = null
+          const adding = batch.length === 1
+            ? entry.queue.add(PURCHASE_JOB_NAME, data, { jobId: jobIdOf(data) })
+            : entry.queue.addBulk(batch.map((b) => ({ name: PURCHASE_JOB_NAME, data: b.data, opts: { jobId: jobIdOf(b.data) } })))
+          adding.then(() => { for (const b of batch) b.resolve() }, (err: unknown) => { for (const b of batch) b.reject(err) })
+        })
+      }
+      gathering.push({ data, resolve, reject })
+    })
   }
 
   /** Jobs of the option waiting for their turn (BullMQ's waiting count: one round trip). */
   async waitingCount (ticketOptionId: string): Promise<number> {
-    return await this.get(ticketOptionId).queue.getWaitingCount()
+    return await this.backend.waitingCount(this.get(ticketOptionId).queue)
   }
 
   /** Whether a job (a purchase's id, or another request's `jobIdOf`) is still waiting or being applied. */
@@ -114,6 +148,11 @@ export class PurchaseQueues {
     if (job === undefined || job.finishedOn !== undefined) return null
     const line: unknown = (job.data as { line?: unknown } | undefined)?.line
     return { line: typeof line === 'number' ? line : null }
+  }
+
+  /** True when a failed enqueue certainly queued nothing (the store refused before the add was sent). */
+  neverSent (err: unknown): boolean {
+    return this.backend.neverSent(err)
   }
 
   async close (): Promise<void> {

@@ -24,6 +24,8 @@ interface Count {
   waiting: number
   /** places handed out whose job is not added (or given up) yet */
   inFlight: number
+  /** places kept (jobs added) since this process started counting: a read in flight learns what it may have missed */
+  kept: number
   readAt: number
   reading: Promise<void> | null
 }
@@ -73,6 +75,7 @@ export class QueueBackpressure {
         settled = true
         count.inFlight--
         count.waiting++
+        count.kept++
       },
       release: () => {
         if (settled) return
@@ -86,13 +89,16 @@ export class QueueBackpressure {
     let count = this.counts.get(ticketOptionId)
     if (count === undefined) {
       if (this.counts.size >= this.capacity) this.counts.clear()
-      count = { waiting: 0, inFlight: 0, readAt: Number.NEGATIVE_INFINITY, reading: null }
+      count = { waiting: 0, inFlight: 0, kept: 0, readAt: Number.NEGATIVE_INFINITY, reading: null }
       this.counts.set(ticketOptionId, count)
     }
     if (Date.now() - count.readAt >= this.maxAgeMs) {
       const entry = count
+      const keptBefore = entry.kept
       entry.reading ??= this.options.waitingCount(ticketOptionId).then((waiting) => {
-        entry.waiting = waiting
+        // A job added while the read was on its way may or may not be in it: count it,
+        // so the cap is never overshot (an overcount lasts until the next read).
+        entry.waiting = waiting + (entry.kept - keptBefore)
         entry.readAt = Date.now()
       }).finally(() => { entry.reading = null })
       await entry.reading

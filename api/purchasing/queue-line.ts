@@ -2,17 +2,16 @@
  * A buyer's place in line, in O(1) however long the line is (API.md "Waiting
  * in line", DESIGN.md "Position in line, in O(1)"). Finding a job's index in a
  * BullMQ wait list is a scan, so instead each request takes a number at
- * enqueue (INCR of the option's line counter, in its hash slot), and workers
+ * enqueue (INCR of the option's line counter, in its hash slot on Redis), and workers
  * publish the highest number each batch applied, and the one a batch is
  * applying. Then
  *   position = 0 while its batch runs, else line - applied - 1
  * and the estimated wait is the position over the option's recent rate of
  * applied requests. This process learns the applied number from the outcome
  * messages it receives anyway (fan-out, no read per buyer); one it has not
- * heard of yet is read from Redis once.
+ * heard of yet is read from the queue store once.
  */
-import type { Redis } from 'ioredis'
-import { lineAppliedKey, lineTicketKey } from '../../shared/queues/queue-names'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
 
 /** The rate counts the requests applied in this window (ms). */
 export const RATE_WINDOW_MS = 5000
@@ -50,7 +49,7 @@ export class QueueLine {
   /** requests waiting for a number, by option, until this turn of the event loop ends */
   private readonly gathering = new Map<string, Array<{ resolve: (n: number) => void, reject: (err: unknown) => void }>>()
 
-  constructor (private readonly redis: Redis, private readonly prefix: string, private readonly capacity = 10_000) {}
+  constructor (private readonly backend: Pick<QueueBackend, 'takeLineNumbers' | 'readLine'>, private readonly capacity = 10_000) {}
 
   private line (ticketOptionId: string): OptionLine {
     let line = this.lines.get(ticketOptionId)
@@ -82,7 +81,7 @@ export class QueueLine {
         this.gathering.set(ticketOptionId, batch)
         setImmediate(() => {
           this.gathering.delete(ticketOptionId)
-          this.redis.incrby(lineTicketKey(this.prefix, ticketOptionId), batch.length).then((last) => {
+          this.backend.takeLineNumbers(ticketOptionId, batch.length).then((last) => {
             const first = last - batch.length + 1
             batch.forEach((taker, i) => { taker.resolve(first + i) })
           }, (err: unknown) => { for (const taker of batch) taker.reject(err) })
@@ -145,9 +144,9 @@ export class QueueLine {
 
   private async appliedOf (ticketOptionId: string, line: OptionLine): Promise<number> {
     if (line.applied === null) {
-      const stored = await this.redis.get(lineAppliedKey(this.prefix, ticketOptionId))
+      const { applied: stored } = await this.backend.readLine(ticketOptionId)
       const heard = line.applied as number | null // a message may have arrived during the read
-      line.applied = Math.max(heard ?? 0, Number(stored ?? 0))
+      line.applied = Math.max(heard ?? 0, stored)
     }
     return line.applied
   }
@@ -163,10 +162,10 @@ export class QueueLine {
   /** How long the line is now: two counters in one round trip. */
   async snapshot (ticketOptionId: string): Promise<LineSnapshot> {
     const line = this.line(ticketOptionId)
-    const [taken, stored] = await this.redis.mget(lineTicketKey(this.prefix, ticketOptionId), lineAppliedKey(this.prefix, ticketOptionId))
-    const applied = Math.max(line.applied ?? 0, Number(stored ?? 0))
+    const { taken, applied: stored } = await this.backend.readLine(ticketOptionId)
+    const applied = Math.max(line.applied ?? 0, stored)
     line.applied = applied
-    const waiting = Math.max(0, Number(taken ?? 0) - applied)
+    const waiting = Math.max(0, taken - applied)
     const now = Date.now()
     return { waiting, applied_per_second: Math.round(this.rate(line, now) * 10) / 10, estimated_wait_ms: waiting === 0 ? 0 : this.estimate(line, waiting, now) }
   }

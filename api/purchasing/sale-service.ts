@@ -19,7 +19,6 @@ import {
 import {
   findPurchase, findReservation, isChangeOutcome, NOT_QUEUED, voidUnqueued, type PurchaseRecord, type ReservationRecord, type SaleOutcome,
 } from '../../shared/purchases/sale-store'
-import { commandNeverSent } from '../../shared/redis'
 import { ticketOptionLimits, type TicketOptionLimits } from '../../shared/ticket-options'
 import { KnownOptions } from './known-options'
 import type { OutcomeWaiter } from './outcome-waiter'
@@ -197,7 +196,7 @@ export class SaleService {
       try {
         await queues.enqueue({ ...request, line: ticket })
       } catch (err) {
-        throw commandNeverSent(err) ? new NothingQueuedError('the add was never sent', { cause: err }) : err
+        throw queues.neverSent(err) ? new NothingQueuedError('the add was never sent', { cause: err }) : err
       }
       slot?.keep()
       return ticket

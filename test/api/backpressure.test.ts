@@ -3,23 +3,22 @@
  * queue, Redis down, PostgreSQL down or silent. Every 503 carries Retry-After
  * and buys nothing; reads that need only PostgreSQL keep working without Redis.
  */
-import { Queue } from 'bullmq'
 import t from 'tap'
-import { Redis } from 'ioredis'
 import pino from 'pino'
 import { PurchaseQueues } from '../../api/purchasing/purchase-queues'
 import { SaleService } from '../../api/purchasing/sale-service'
 import { COUNT_MAX_AGE_MS } from '../../api/purchasing/queue-backpressure'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { buildTestApp, buy, configWith, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
-import { sleep } from '../support/wait'
-import { createTestEnvironment } from '../support/environment'
+import { sleep, waitFor } from '../support/wait'
+import { createTestEnvironment, eachQueueBackend } from '../support/environment'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { freePort } from '../support/free-port'
 import { startThrowawayRedis } from '../support/throwaway-redis'
 import { startSilentServer } from '../support/silent-server'
 
-async function waitingJobs (redis: Redis, prefix: string, optionId: string): Promise<number> {
-  const queue = new Queue(purchaseQueueName(optionId), { connection: redis, prefix })
+async function waitingJobs (queues: QueueBackend, optionId: string): Promise<number> {
+  const queue = queues.createQueue(purchaseQueueName(optionId))
   try {
     return await queue.getWaitingCount()
   } finally {
@@ -27,8 +26,8 @@ async function waitingJobs (redis: Redis, prefix: string, optionId: string): Pro
   }
 }
 
-t.test('a full option queue answers 503 QUEUE_FULL at once and adds nothing', async (t) => {
-  const { app, config, sql, redis, prefix } = await setUp(t, { worker: false, env: { QUEUE_MAX_WAITING: '5', PURCHASE_WAIT_MS: '100' } })
+eachQueueBackend(t, 'a full option queue answers 503 QUEUE_FULL at once and adds nothing', async (t, backendEnv) => {
+  const { app, config, sql, openQueues } = await setUp(t, { worker: false, env: { QUEUE_MAX_WAITING: '5', PURCHASE_WAIT_MS: '100', ...backendEnv } })
   const id = await createOption(app, 100)
   const other = await createOption(app, 100)
 
@@ -38,7 +37,7 @@ t.test('a full option queue answers 503 QUEUE_FULL at once and adds nothing', as
   const full = answers.find((a) => a.statusCode === 503)
   t.same(full?.json(), { statusCode: 503, error: 'Service Unavailable', message: 'Too many purchases are waiting for this ticket option, try again shortly', code: 'QUEUE_FULL' })
   t.equal(full?.headers['retry-after'], '1')
-  t.equal(await waitingJobs(redis, prefix, id), 5, 'nothing was added beyond the cap')
+  t.equal(await waitingJobs(openQueues(), id), 5, 'nothing was added beyond the cap')
 
   const late = await buy(app, id)
   t.equal(late.statusCode, 503)
@@ -56,14 +55,15 @@ t.test('a full option queue answers 503 QUEUE_FULL at once and adds nothing', as
     answer = await buy(app, id)
     if (answer.statusCode !== 503) break
   }
-  t.equal(answer?.statusCode, 201, 'the queue drained and takes purchases again')
-  const { rows } = await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and status = 'succeeded'", [id])
-  t.equal(rows[0].n, 6, 'the 5 queued and the last one; none of the refused')
+  // 201, or 202 when the worker, just started, takes longer than PURCHASE_WAIT_MS (100 ms) to answer.
+  t.ok(answer?.statusCode === 201 || answer?.statusCode === 202, 'the queue drained and takes purchases again')
+  const succeeded = async (): Promise<number> => (await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and status = 'succeeded'", [id])).rows[0].n
+  t.equal(await waitFor(succeeded, (n) => n >= 6), 6, 'the 5 queued and the last one; none of the refused')
 })
 
 t.test('Redis down: purchases answer 503 within a second, reads and creates still work', async (t) => {
   const redisServer = await startThrowawayRedis(t, { appendonly: false })
-  const { app, sql, prefix } = await setUp(t, { env: { REDIS_URL: redisServer.url, PURCHASE_WAIT_MS: '2000' } })
+  const { app, sql } = await setUp(t, { env: { REDIS_URL: redisServer.url, PURCHASE_WAIT_MS: '2000' } })
   const id = await createOption(app, 10)
   t.equal((await buy(app, id)).statusCode, 201)
 
@@ -83,7 +83,7 @@ t.test('Redis down: purchases answer 503 within a second, reads and creates stil
   // The same with the queue cap out of the way (the app's cap reads Redis first and fails
   // before the key is claimed): the key is claimed, the add fails, the purchase is voided
   // and the key let go. Driven on a service of the app's own pool, waiter and Redis connection.
-  const queues = new PurchaseQueues(app.redis, prefix, pino({ level: 'silent' }))
+  const queues = new PurchaseQueues(app.queueBackend, pino({ level: 'silent' }))
   t.teardown(async () => { await queues.close() })
   const uncapped = new SaleService({
     db: app.db, queues, waiter: app.outcomeWaiter, line: app.queueLine, waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24,

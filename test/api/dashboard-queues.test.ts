@@ -3,23 +3,22 @@ import type { BullMQAdapter } from '@bull-board/api/bullMQAdapter'
 import type { Logger } from 'pino'
 import t from 'tap'
 import { DashboardQueues } from '../../api/dashboard/dashboard-queues'
-import { activeOptionsKey, purchaseQueueName } from '../../shared/queues/queue-names'
+import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { createTestEnvironment } from '../support/environment'
 
 t.test('dashboard queue list', async (t) => {
-  const { redis, prefix } = await createTestEnvironment(t)
-  const key = activeOptionsKey(prefix)
+  const { openQueues } = await createTestEnvironment(t)
+  const backend = openQueues()
   const ids: string[] = Array.from({ length: 4 }, () => randomUUID())
   // ids[3] is the most recently used, ids[0] the least.
-  for (const [i, id] of ids.entries()) await redis.zadd(key, 1000 + i, id)
+  for (const [i, id] of ids.entries()) await backend.touchOption(id, 1000 + i)
 
   const build = (overrides: { failNames?: () => boolean, maxQueues?: number } = {}) => {
     const boards: Array<Array<{ name: string, displayName: string, readOnly: boolean }>> = []
     const warnings: string[] = []
     let lookups = 0
     const queues = new DashboardQueues({
-      redis,
-      prefix,
+      backend,
       optionNames: async (wanted) => {
         lookups++
         if (overrides.failNames?.() === true) throw new Error('database down')
@@ -55,8 +54,8 @@ t.test('dashboard queue list', async (t) => {
     await queues.refresh()
     t.equal(queues.optionIds.length, 4)
     const newcomer = randomUUID()
-    await redis.zadd(key, 2000, newcomer)
-    t.teardown(async () => { await redis.zrem(key, newcomer) })
+    await backend.touchOption(newcomer, 2000)
+    t.teardown(async () => { await backend.releaseOption(newcomer, 2000) })
     failing = true
     await queues.refresh().then(() => t.fail('should throw'), (err: Error) => { t.equal(err.message, 'database down') })
     t.equal(boards.length, 1, 'the board was not touched')
@@ -86,8 +85,8 @@ t.test('dashboard queue list', async (t) => {
     const { queues, boards, lookups } = build({ maxQueues: 10 })
     await queues.refresh()
     t.equal(lookups(), 1)
-    await redis.zrem(key, ids[3] as string)
-    t.teardown(async () => { await redis.zadd(key, 1003, ids[3] as string) })
+    await backend.releaseOption(ids[3] as string, 1003)
+    t.teardown(async () => { await backend.touchOption(ids[3] as string, 1003) })
     await queues.refresh()
     t.same(queues.optionIds, [ids[2], ids[1], ids[0]])
     t.equal(boards.at(-1)?.length, 3)

@@ -7,14 +7,15 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { purchaseRequestHash } from '../../shared/idempotency-keys'
 import { buy, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
+import { eachQueueBackend } from '../support/environment'
 import { unbalancedOptions } from '../support/environment'
 
 async function allocation (app: FastifyInstance, optionId: string): Promise<number> {
   return (await app.inject({ method: 'GET', url: `/ticket_options/${optionId}` })).json().allocation
 }
 
-t.test('idempotency keys with a worker', async (t) => {
-  const { app, sql } = await setUp(t)
+eachQueueBackend(t, 'idempotency keys with a worker', async (t, backendEnv) => {
+  const { app, sql } = await setUp(t, { env: backendEnv })
   // Each subtest makes its own options and keys, and ends with the books of every option balanced.
   const subtest = (name: string, body: (t: Test) => Promise<void>) => t.test(name, async (t) => {
     await body(t)
@@ -134,8 +135,8 @@ t.test('idempotency keys with a worker', async (t) => {
   })
 })
 
-t.test('a keyed purchase answered 202 answers 202 with the same id until it is applied, then 201', async (t) => {
-  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200' } })
+eachQueueBackend(t, 'a keyed purchase answered 202 answers 202 with the same id until it is applied, then 201', async (t, backendEnv) => {
+  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200', ...backendEnv } })
   const id = await createOption(app, 5)
   const first = await buy(app, id, { quantity: 2, key: 'slow' })
   t.equal(first.statusCode, 202)

@@ -1,12 +1,13 @@
-import { Queue } from 'bullmq'
-import { Redis } from 'ioredis'
 import pino from 'pino'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { ApiMetrics } from '../../api/metrics/api-metrics'
 import { QueueDepths } from '../../api/metrics/queue-depths'
+import { loadConfig } from '../../shared/config'
+import { openQueueBackend } from '../../shared/queues/queue-backend'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { buy, createOption, setUp } from '../support/app'
+import { eachQueueBackend } from '../support/environment'
 import { startSilentServer } from '../support/silent-server'
 
 const PURCHASE_ROUTE = '/ticket_options/:id/purchases'
@@ -87,9 +88,12 @@ t.test('API metrics move with traffic; the worker serves its own', async (t) => 
   t.ok(sample(workerText, 'process_resident_memory_bytes') !== undefined, 'worker default metrics')
 })
 
-t.test('queue depths: the deepest option queues, bounded, as BullMQ counts them', async (t) => {
+/** Queues on a Redis at this port (a silent server); the database is never asked. */
+const redisAt = (port: number) => loadConfig({ QUEUE_BACKEND: 'redis', REDIS_URL: `redis://127.0.0.1:${port}`, DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none', QUEUE_PREFIX: 'test-silent' })
+
+eachQueueBackend(t, 'queue depths: the deepest option queues, bounded, as BullMQ counts them', async (t, backendEnv) => {
   // No worker: purchases stay queued and the API answers 202 after a short wait.
-  const { app, redis, prefix } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200' } })
+  const { app, openQueues } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200', ...backendEnv } })
   const options = await Promise.all(Array.from({ length: 12 }, async (_, i) => await createOption(app, 10, `option ${i}`)))
   const deepest = options[0] as string
   const before = await scrape(app)
@@ -108,7 +112,7 @@ t.test('queue depths: the deepest option queues, bounded, as BullMQ counts them'
   t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: deepest, state: 'waiting' }), 3, 'the deepest queue is among them')
   t.equal(sample(after, 'purchase_queue_jobs_scanned', { state: 'waiting' }), 14, 'the sum covers every queue read')
 
-  const queue = new Queue(purchaseQueueName(deepest), { connection: redis, prefix })
+  const queue = openQueues().createQueue(purchaseQueueName(deepest))
   t.teardown(async () => { await queue.close() })
   const counts = await queue.getJobCounts('wait', 'prioritized', 'active', 'delayed')
   t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: deepest, state: 'waiting' }), (counts.wait ?? 0) + (counts.prioritized ?? 0), 'agrees with getJobCounts')
@@ -118,12 +122,12 @@ t.test('queue depths: the deepest option queues, bounded, as BullMQ counts them'
 t.test('a Redis that does not answer makes a scrape report depth down, not hang', async (t) => {
   const port = await startSilentServer(t)
   // Its ready check never gets an answer, so commands wait in the offline queue for good.
-  const redis = new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: null })
-  t.teardown(() => { redis.disconnect() })
+  const backend = openQueueBackend(redisAt(port), pino({ level: 'silent' }), 'worker')
+  t.teardown(async () => { await backend.close() })
   const metrics = new ApiMetrics()
   const lines: string[] = []
   const log = pino({ level: 'warn' }, { write: (line: string) => { lines.push(line) } })
-  metrics.watchQueueDepths(new QueueDepths({ redis, prefix: 'test-hung', scanned: 10, top: 5, timeoutMs: 300 }), log)
+  metrics.watchQueueDepths(new QueueDepths({ backend, scanned: 10, top: 5, timeoutMs: 300 }), log)
   metrics.purchaseAnswered('succeeded', Date.now() - 10)
 
   const started = Date.now()
@@ -139,10 +143,10 @@ t.test('a Redis that does not answer makes a scrape report depth down, not hang'
 t.test('a Redis connection that refuses commands makes depth down at once', async (t) => {
   const port = await startSilentServer(t)
   // The API's kind of connection: no offline queue, so commands fail while it is not ready.
-  const redis = new Redis({ host: '127.0.0.1', port, enableOfflineQueue: false, lazyConnect: true })
-  t.teardown(() => { redis.disconnect() })
+  const backend = openQueueBackend(redisAt(port), pino({ level: 'silent' }), 'api')
+  t.teardown(async () => { await backend.close() })
   const metrics = new ApiMetrics()
-  metrics.watchQueueDepths(new QueueDepths({ redis, prefix: 'test-refused', scanned: 10, top: 5, timeoutMs: 5000 }), pino({ level: 'silent' }))
+  metrics.watchQueueDepths(new QueueDepths({ backend, scanned: 10, top: 5, timeoutMs: 5000 }), pino({ level: 'silent' }))
   const started = Date.now()
   const { body } = await metrics.exposition()
   t.ok(Date.now() - started < 1000, 'did not wait for the time limit')

@@ -1,18 +1,16 @@
 import { randomUUID } from 'node:crypto'
-import { Queue } from 'bullmq'
 import t from 'tap'
 import { buildApp } from '../../api/app'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
-import { touchOption } from '../../shared/queues/queue-registry'
 import { buy, createOption, setUp, startTestWorker } from '../support/app'
 import { waitFor } from '../support/wait'
-import { createTestEnvironment, unbalancedOptions } from '../support/environment'
+import { createTestEnvironment, eachQueueBackend, unbalancedOptions } from '../support/environment'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
-t.test('purchases through the queue and the worker', async (t) => {
-  const { app, sql } = await setUp(t)
+eachQueueBackend(t, 'purchases through the queue and the worker', async (t, backendEnv) => {
+  const { app, sql } = await setUp(t, { env: backendEnv })
 
   t.test('201 with the committed purchase, 409 when too few remain, GET shows what is left', async (t) => {
     const id = await createOption(app, 3)
@@ -114,8 +112,8 @@ t.test('purchases through the queue and the worker', async (t) => {
   })
 })
 
-t.test('202 when the outcome is not known in time; the status route shows it later', async (t) => {
-  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200' } })
+eachQueueBackend(t, '202 when the outcome is not known in time; the status route shows it later', async (t, backendEnv) => {
+  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200', ...backendEnv } })
   const id = await createOption(app, 1)
   const res = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })
   t.equal(res.statusCode, 202)
@@ -148,8 +146,8 @@ t.test('an error nobody planned for is a bare 500 without internals', async (t) 
   t.same(res.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error', code: 'INTERNAL_SERVER_ERROR' })
 })
 
-t.test('a purchase of 1,999,999,999 tickets, and one right behind it, both answer within a second', async (t) => {
-  const { app, sql } = await setUp(t)
+eachQueueBackend(t, 'a purchase of 1,999,999,999 tickets, and one right behind it, both answer within a second', async (t, backendEnv) => {
+  const { app, sql } = await setUp(t, { env: backendEnv })
   const id = await createOption(app, 2147483647)
   const started = Date.now()
   const [huge, behind] = await Promise.all([buy(app, id, { quantity: 1_999_999_999 }), buy(app, id, { quantity: 2 })])
@@ -161,8 +159,8 @@ t.test('a purchase of 1,999,999,999 tickets, and one right behind it, both answe
   t.same(await unbalancedOptions(sql), [])
 })
 
-t.test('max_per_purchase: a larger purchase is a 422 at once and queues nothing; the limit itself sells', async (t) => {
-  const { app, sql, redis, prefix } = await setUp(t)
+eachQueueBackend(t, 'max_per_purchase: a larger purchase is a 422 at once and queues nothing; the limit itself sells', async (t, backendEnv) => {
+  const { app, sql, openQueues } = await setUp(t, { env: backendEnv })
   const created = await app.inject({ method: 'POST', url: '/ticket_options', payload: { name: 'limited', allocation: 1_000_000, max_per_purchase: 1000 } })
   t.equal(created.statusCode, 201)
   t.match(created.json(), { allocation: 1_000_000, max_per_purchase: 1000 })
@@ -175,7 +173,8 @@ t.test('max_per_purchase: a larger purchase is a 422 at once and queues nothing;
       statusCode: 422, error: 'Unprocessable Entity', message: 'At most 1000 tickets can be bought or held at once', code: 'QUANTITY_OVER_LIMIT', requested: quantity, limit: 1000,
     })
   }
-  const queue = new Queue(purchaseQueueName(id), { connection: redis, prefix })
+  const queues = openQueues()
+  const queue = queues.createQueue(purchaseQueueName(id))
   t.teardown(async () => { await queue.close() })
   t.equal(await queue.count(), 0, 'nothing was queued')
   t.equal((await buy(app, id, { quantity: 1000 })).statusCode, 201)
@@ -183,7 +182,7 @@ t.test('max_per_purchase: a larger purchase is a 422 at once and queues nothing;
   // A job that reached the queue some other way (older code, another producer) is refused by the worker, in its turn.
   const direct = { purchaseId: randomUUID(), ticketOptionId: id, userId: USER, quantity: 3_000_000, requestId: 'direct', enqueuedAt: Date.now() }
   await queue.add(PURCHASE_JOB_NAME, direct, { jobId: direct.purchaseId })
-  await touchOption(redis, prefix, id)
+  await queues.touchOption(id, Date.now())
   const status = await waitFor(async () => (await app.inject({ method: 'GET', url: `/ticket_options/${id}/purchases/${direct.purchaseId}` })).json(), (body) => body.status !== 'pending')
   t.match(status, { status: 'rejected', reason: 'quantity_over_limit', quantity: 3_000_000 })
   t.equal((await app.inject({ method: 'GET', url: `/ticket_options/${id}` })).json().allocation, 999_000)

@@ -5,12 +5,13 @@
  */
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { createTestEnvironment, unbalancedOptions } from '../support/environment'
+import { createTestEnvironment, eachQueueBackend, unbalancedOptions } from '../support/environment'
 import { callJson, countByStatus, runPurchases, type PurchaseSpec } from '../support/load'
 import { startProcess } from '../support/processes'
 
-t.test('2 APIs and 3 workers under a burst', async (t) => {
-  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '60000' })
+eachQueueBackend(t, '2 APIs and 3 workers under a burst', async (t, backendEnv) => {
+  // 5 processes: smaller pools keep them (and a test file running beside) under PostgreSQL's 100 connections.
+  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '60000', DATABASE_POOL_SIZE: '5', ...backendEnv })
   const { env, sql } = environment
   const apis = await Promise.all([startProcess(t, 'api', env), startProcess(t, 'api', env)])
   await Promise.all([startProcess(t, 'worker', env), startProcess(t, 'worker', env), startProcess(t, 'worker', env)])

@@ -15,7 +15,7 @@ import { sleep } from '../support/wait'
 const ALLOCATION = 300
 
 t.test('a mixed storm across 2 APIs and 3 workers keeps available + held + sold = 300 at every read', async (t) => {
-  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '60000', RECONCILE_INTERVAL_MS: '1000' })
+  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '60000', RECONCILE_INTERVAL_MS: '1000', DATABASE_POOL_SIZE: '5' })
   const { env, sql } = environment
   const apis = await Promise.all([startProcess(t, 'api', env), startProcess(t, 'api', env)])
   await Promise.all([startProcess(t, 'worker', env), startProcess(t, 'worker', env), startProcess(t, 'worker', env)])

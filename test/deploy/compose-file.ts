@@ -9,6 +9,8 @@ import YAML from 'yaml'
 import { ROOT } from '../support/processes'
 
 export const COMPOSE_FILE = path.join(ROOT, 'docker-compose.yml')
+/** The override that runs the stack without Redis (queues on PostgreSQL). */
+export const NO_REDIS_FILE = path.join(ROOT, 'docker-compose.no-redis.yml')
 export const DOCKERFILE = path.join(ROOT, 'Dockerfile')
 
 export interface ComposeService {
@@ -16,7 +18,8 @@ export interface ComposeService {
   build?: unknown
   command?: string[] | string
   environment?: Record<string, string | number | boolean | null>
-  depends_on?: Record<string, { condition: string }>
+  depends_on?: Record<string, { condition: string, required?: boolean }>
+  profiles?: string[]
   healthcheck?: { test: string[] | string, interval?: string, timeout?: string }
   ports?: string[]
   volumes?: string[]
@@ -32,8 +35,19 @@ export interface ComposeFile {
 }
 
 /** The file as YAML with merge keys resolved, before interpolation (what the schema sees first). */
-export function readComposeRaw (): ComposeFile {
-  return YAML.parse(readFileSync(COMPOSE_FILE, 'utf8'), { merge: true }) as ComposeFile
+export function readComposeRaw (file = COMPOSE_FILE): ComposeFile {
+  return YAML.parse(readFileSync(file, 'utf8'), { merge: true }) as ComposeFile
+}
+
+/**
+ * Files merged as `docker compose -f a -f b` merges them: mappings key by
+ * key, anything else (scalars, sequences such as `profiles`) replaced.
+ */
+export function mergeCompose (base: unknown, override: unknown): unknown {
+  if (base === null || typeof base !== 'object' || Array.isArray(base) || override === null || typeof override !== 'object' || Array.isArray(override)) return override
+  const merged: Record<string, unknown> = { ...(base as Record<string, unknown>) }
+  for (const [key, value] of Object.entries(override)) merged[key] = key in merged ? mergeCompose(merged[key], value) : value
+  return merged
 }
 
 /** Compose interpolation: `$$`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`, from `vars` only. */
@@ -47,7 +61,8 @@ export function interpolate (text: string, vars: Record<string, string>): string
   })
 }
 
-function interpolateDeep (value: unknown, vars: Record<string, string>): unknown {
+/** Every string of a parsed file interpolated, as `docker compose config` does. */
+export function interpolateDeep (value: unknown, vars: Record<string, string>): unknown {
   if (typeof value === 'string') return interpolate(value, vars)
   if (Array.isArray(value)) return value.map((item) => interpolateDeep(item, vars))
   if (value !== null && typeof value === 'object') {

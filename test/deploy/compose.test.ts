@@ -24,7 +24,7 @@ import { WORKER_SHUTDOWN_BUDGET_MS } from '../../worker/main'
 import { ADMIN_DATABASE_URL, createTestEnvironment, randomSuffix, unbalancedOptions, type Teardown, type TestEnvironment } from '../support/environment'
 import { ROOT, startProcess, type ServiceProcess } from '../support/processes'
 import { freePort } from '../support/free-port'
-import { commandWords, durationMs, readCompose, readComposeRaw, readDockerfile, serviceEnvironment, type ComposeFile } from './compose-file'
+import { commandWords, durationMs, interpolateDeep, mergeCompose, NO_REDIS_FILE, readCompose, readComposeRaw, readDockerfile, serviceEnvironment, type ComposeFile } from './compose-file'
 
 const APP_SERVICES = ['migrate', 'api', 'worker'] as const
 const USER_ID = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
@@ -115,6 +115,22 @@ t.test('docker-compose.yml is valid against the Compose Specification', async (t
   const wrongCondition = readCompose({})
   ;(wrongCondition.services.api as Record<string, unknown>).depends_on = { migrate: { condition: 'service_done' } }
   t.notOk(validate(wrongCondition), 'an unknown depends_on condition is refused')
+})
+
+t.test('docker-compose.no-redis.yml runs the stack with its queues on PostgreSQL and no Redis', async (t) => {
+  const validate = compileComposeSchema()
+  const raw = mergeCompose(readComposeRaw(), readComposeRaw(NO_REDIS_FILE)) as ComposeFile
+  t.ok(validate(raw), 'the merged file is valid against the Compose Specification')
+  const merged = interpolateDeep(raw, {}) as ComposeFile
+  t.same(merged.services.redis?.profiles, ['redis'], 'Redis is not started (its profile is never active)')
+  for (const name of APP_SERVICES) {
+    const config = loadConfig(serviceEnvironment(merged, name))
+    t.equal(config.queueBackend, 'postgres', `${name}: queues on PostgreSQL`)
+    const redisDependency = merged.services[name]?.depends_on?.redis
+    t.ok(redisDependency === undefined || redisDependency.required === false, `${name}: does not wait for Redis`)
+  }
+  t.same(merged.services.migrate?.depends_on, { postgres: { condition: 'service_healthy' } })
+  t.equal(readCompose().services.api?.depends_on?.redis?.required, undefined, 'the main file still needs Redis')
 })
 
 t.test('the compose stack is what the service needs', async (t) => {

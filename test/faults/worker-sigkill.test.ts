@@ -7,17 +7,16 @@
  * STALLED_INTERVAL_MS (worker/purchasing/option-queues.ts), under the 10 s design target.
  */
 import t from 'tap'
-import { Queue } from 'bullmq'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { LOCK_DURATION_MS, STALLED_INTERVAL_MS } from '../../worker/purchasing/option-queues'
-import { createTestEnvironment } from '../support/environment'
+import { createTestEnvironment, eachQueueBackend } from '../support/environment'
 import { checkBooks, createOptionOver, fireBurst, longestGap, settlePending, withApplicationName } from '../support/purchase-burst'
 import { startProcess, type ServiceProcess } from '../support/processes'
 
 const STALL_TARGET_MS = 10_000
 
-t.test('SIGKILL of the busy worker mid-burst: the burst completes, nothing doubled, stall under 10 s', async (t) => {
-  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '15000' })
+eachQueueBackend(t, 'SIGKILL of the busy worker mid-burst: the burst completes, nothing doubled, stall under 10 s', async (t, backendEnv) => {
+  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '15000', ...backendEnv })
   const { sql, env, databaseUrl } = environment
   const api = await startProcess(t, 'api', env)
   const workers = new Map<string, ServiceProcess>()
@@ -29,7 +28,7 @@ t.test('SIGKILL of the busy worker mid-burst: the burst completes, nothing doubl
 
   let killed: { name: string, at: number } | undefined
   let killing: Promise<void> | undefined
-  const queue = new Queue(purchaseQueueName(optionId), { connection: environment.redis, prefix: environment.prefix })
+  const queue = environment.openQueues().createQueue(purchaseQueueName(optionId))
   t.teardown(async () => { await queue.close() })
   const killBusyWorker = async (): Promise<void> => {
     // Kill the worker that holds the option's active job (BullMQ stores the

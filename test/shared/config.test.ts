@@ -7,7 +7,11 @@ t.test('defaults work with no variables set', async (t) => {
   const config = loadConfig({})
   t.equal(config.port, 3000)
   t.equal(config.host, '127.0.0.1')
-  t.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:5432/tickets')
+  // Nothing installed: the embedded PostgreSQL, in the checkout's .data/, and the queues on it.
+  t.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:54329/tickets')
+  t.equal(config.embeddedPostgres?.port, 54329)
+  t.match(config.embeddedPostgres?.dataDir, /\/\.data\/postgres$/)
+  t.equal(config.queueBackend, 'postgres')
   t.equal(config.redisUrl, 'redis://127.0.0.1:6379')
   t.equal(config.queuePrefix, 'tickets')
   t.equal(config.purchaseWaitMs, 5000)
@@ -22,6 +26,18 @@ t.test('reads and converts variables', async (t) => {
   t.equal(config.logLevel, 'debug')
   t.equal(config.logPretty, true)
   t.equal(config.databaseUrl, 'postgresql://u:p@db:5432/x')
+  t.equal(config.embeddedPostgres, null, 'a DATABASE_URL of your own: nothing embedded')
+})
+
+t.test('the queue backend: Redis when REDIS_URL is set, PostgreSQL otherwise, QUEUE_BACKEND decides', async (t) => {
+  t.equal(loadConfig({ REDIS_URL: 'redis://cache:6379' }).queueBackend, 'redis')
+  t.equal(loadConfig({}).queueBackend, 'postgres')
+  t.equal(loadConfig({ REDIS_URL: 'redis://cache:6379', QUEUE_BACKEND: 'postgres' }).queueBackend, 'postgres')
+  const local = loadConfig({ QUEUE_BACKEND: 'redis' })
+  t.same([local.queueBackend, local.redisUrl], ['redis', 'redis://127.0.0.1:6379'], 'Redis on this machine when none is named')
+  t.throws(() => loadConfig({ QUEUE_BACKEND: 'kafka' }), /QUEUE_BACKEND is invalid/)
+  t.equal(loadConfig({ EMBEDDED_POSTGRES_DIR: '/var/tmp/pg' }).embeddedPostgres?.dataDir, '/var/tmp/pg')
+  t.throws(() => loadConfig({ EMBEDDED_POSTGRES_PORT: '70000' }), /EMBEDDED_POSTGRES_PORT/)
 })
 
 t.test('the hardening settings: body deadline, proxies; holds and ledger schedules', async (t) => {

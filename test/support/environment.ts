@@ -4,13 +4,27 @@
  * parallel without touching each other or a developer's data.
  * Connection strings come from TEST_DATABASE_URL / TEST_REDIS_URL, with this
  * machine's defaults.
+ *
+ * The queue backend is Redis unless the test asks for another
+ * (`{ QUEUE_BACKEND: 'postgres' }`); `eachQueueBackend` runs a test on both.
  */
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { Redis } from 'ioredis'
+import pino from 'pino'
+import type { Test } from 'tap'
 import { loadConfig, type Config } from '../../shared/config'
 import { migrate } from '../../migrations/migrate'
+import { openQueueBackend, type QueueBackend, type QueueBackendKind } from '../../shared/queues/queue-backend'
 
+/** Both, unless TEST_QUEUE_BACKENDS narrows them (`redis` or `postgres`) while working on one. */
+export const QUEUE_BACKENDS: readonly QueueBackendKind[] = (process.env.TEST_QUEUE_BACKENDS ?? 'redis,postgres')
+  .split(',').map((s) => s.trim()).filter((s): s is QueueBackendKind => s === 'redis' || s === 'postgres')
+
+/** Runs `fn` once per queue backend, as subtests named after it; pass `{ QUEUE_BACKEND }` on to the environment. */
+export function eachQueueBackend (t: Test, name: string, fn: (t: Test, env: { QUEUE_BACKEND: QueueBackendKind }) => Promise<void>): void {
+  for (const backend of QUEUE_BACKENDS) void t.test(`${name} (queues on ${backend})`, async (t) => { await fn(t, { QUEUE_BACKEND: backend }) })
+}
 export const ADMIN_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 
@@ -30,6 +44,8 @@ export interface TestEnvironment {
   sql: pg.Pool
   /** a plain Redis connection, for assertions on keys */
   redis: Redis
+  /** A queue backend of the test's own (closed in teardown), to look at its queues and registry. */
+  openQueues: () => QueueBackend
 }
 
 export function randomSuffix (): string {
@@ -91,7 +107,17 @@ export async function createTestEnvironment (t: Teardown, overrides: Record<stri
     HOST: '127.0.0.1',
     ...overrides,
   }
-  return { env, config: loadConfig(env), databaseUrl, redisUrl, prefix, sql, redis }
+  const config = loadConfig(env)
+  let queues: QueueBackend | undefined
+  const openQueues = (): QueueBackend => {
+    if (queues === undefined) {
+      const opened = openQueueBackend(config, pino({ level: 'silent' }), 'worker')
+      queues = opened
+      t.teardown(async () => { await opened.close() })
+    }
+    return queues
+  }
+  return { env, config, databaseUrl, redisUrl, prefix, sql, redis, openQueues }
 }
 
 /** Invariant 1 of DESIGN.md, for one option or all: rows that do not balance. */

@@ -1,17 +1,16 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
-import { Queue, QueueEvents } from 'bullmq'
+import type { Queue } from 'bullmq'
 import type pg from 'pg'
 import pino from 'pino'
 import { configWith, createOption, setUp, startTestWorker } from '../support/app'
-import { unbalancedOptions, type Teardown } from '../support/environment'
+import { eachQueueBackend, unbalancedOptions, type Teardown } from '../support/environment'
 import { withApplicationName } from '../support/purchase-burst'
 import { sleep, waitFor } from '../support/wait'
 import { startWorker } from '../../worker/main'
 import { STUCK_RETRY_MS } from '../../worker/purchasing/purchase-processor'
-import type { Redis } from 'ioredis'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
-import { touchOption } from '../../shared/queues/queue-registry'
 import type { PurchaseRequest } from '../../shared/purchases/sale-request'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
@@ -21,17 +20,13 @@ function job (ticketOptionId: string, quantity: number): PurchaseRequest {
 }
 
 for (const batchSize of ['1', '100']) {
-  t.test(`arrival order with one worker (batch size ${batchSize})`, async (t) => {
-    const { app, sql, config, redis, prefix } = await setUp(t, { worker: false, env: { WORKER_BATCH_SIZE: batchSize } })
+  eachQueueBackend(t, `arrival order with one worker (batch size ${batchSize})`, async (t, backendEnv) => {
+    const { app, sql, config, openQueues } = await setUp(t, { worker: false, env: { WORKER_BATCH_SIZE: batchSize, ...backendEnv } })
     const id = await createOption(app, 10)
-    const queue = new Queue(purchaseQueueName(id), { connection: redis, prefix })
-    t.teardown(async () => { await queue.close() })
-    await queue.setGlobalConcurrency(1)
     // Quantities chosen so that order decides the outcomes: 4+4 fit, 4 does not, 2 does.
     const quantities = [4, 4, 4, 2, 1, 1, 3, 1, 1, 1, 1, 1]
     const jobs = quantities.map((q) => job(id, q))
-    for (const data of jobs) await queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })
-    await touchOption(redis, prefix, id)
+    await enqueueDirectly(t, openQueues(), id, jobs)
 
     await startTestWorker(t, config)
     const rows = await waitFor(
@@ -46,33 +41,41 @@ for (const batchSize of ['1', '100']) {
   })
 }
 
-/** The option's queue and its events (to wait for a job's outcome), closed in teardown. */
-async function queueWithEvents (t: Teardown, redis: Redis, prefix: string, ticketOptionId: string): Promise<{ queue: Queue, events: QueueEvents }> {
-  const queue = new Queue(purchaseQueueName(ticketOptionId), { connection: redis, prefix })
-  // QueueEvents blocks on its connection, so it gets one of its own.
-  const eventsConnection = redis.duplicate()
-  const events = new QueueEvents(purchaseQueueName(ticketOptionId), { connection: eventsConnection, prefix })
-  t.teardown(async () => { await events.close(); await queue.close(); eventsConnection.disconnect() })
-  await events.waitUntilReady()
-  return { queue, events }
+/** The option's queue, closed in teardown. */
+function queueOf (t: Teardown, queues: QueueBackend, ticketOptionId: string): Queue {
+  const queue = queues.createQueue(purchaseQueueName(ticketOptionId))
+  t.teardown(async () => { await queue.close() })
+  return queue
 }
 
-t.test('a redelivered job returns the recorded outcome and buys nothing more', async (t) => {
-  const { app, sql, redis, prefix } = await setUp(t)
+/**
+ * A job once it has finished: its result, or why it failed. Read from the
+ * job itself, on both backends (QueueEvents on PostgreSQL can skip events:
+ * DESIGN.md "Two queue backends").
+ */
+async function finished (queue: Queue, jobId: string): Promise<{ returnvalue: unknown, failedReason?: string, attemptsMade: number }> {
+  const done = await waitFor(async () => await queue.getJob(jobId), (j) => j?.finishedOn !== undefined, 15_000)
+  if (done === undefined) throw new Error(`job ${jobId} is gone`)
+  return { returnvalue: done.returnvalue, failedReason: done.failedReason, attemptsMade: done.attemptsMade }
+}
+
+eachQueueBackend(t, 'a redelivered job returns the recorded outcome and buys nothing more', async (t, backendEnv) => {
+  const { app, sql, openQueues } = await setUp(t, { env: backendEnv })
   const id = await createOption(app, 5)
-  const { queue, events } = await queueWithEvents(t, redis, prefix, id)
+  const queues = openQueues()
+  const queue = queueOf(t, queues, id)
 
   const data = job(id, 2)
-  const first = await queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })
-  await touchOption(redis, prefix, id)
-  const outcome = await first.waitUntilFinished(events, 15_000)
+  await queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })
+  await queues.touchOption(id, Date.now())
+  const outcome = (await finished(queue, data.purchaseId)).returnvalue
   t.match(outcome, { id: data.purchaseId, status: 'succeeded', quantity: 2 })
 
-  // The job is gone from Redis (as after removeOnComplete); the same purchase arrives again,
+  // The job is gone from the queue (as after removeOnComplete); the same purchase arrives again,
   // as it would after a worker crashed between COMMIT and completing the job.
   await queue.remove(data.purchaseId)
-  const again = await queue.add(PURCHASE_JOB_NAME, { ...data, requestId: 'redelivered' }, { jobId: data.purchaseId })
-  const replay = await again.waitUntilFinished(events, 15_000)
+  await queue.add(PURCHASE_JOB_NAME, { ...data, requestId: 'redelivered' }, { jobId: data.purchaseId })
+  const replay = (await finished(queue, data.purchaseId)).returnvalue
   t.same(replay, outcome, 'same outcome as the first delivery')
 
   const { rows: [state] } = await sql.query(
@@ -82,26 +85,26 @@ t.test('a redelivered job returns the recorded outcome and buys nothing more', a
   t.same(await unbalancedOptions(sql), [])
 })
 
-t.test('a job with broken data fails without retrying and buys nothing', async (t) => {
-  const { app, sql, redis, prefix } = await setUp(t)
+eachQueueBackend(t, 'a job with broken data fails without retrying and buys nothing', async (t, backendEnv) => {
+  const { app, sql, openQueues } = await setUp(t, { env: backendEnv })
   const id = await createOption(app, 5)
-  const { queue, events } = await queueWithEvents(t, redis, prefix, id)
+  const queues = openQueues()
+  const queue = queueOf(t, queues, id)
   const broken = await queue.add(PURCHASE_JOB_NAME, { purchaseId: randomUUID(), ticketOptionId: id, quantity: 'many' }, { attempts: 5 })
-  await touchOption(redis, prefix, id)
-  await t.rejects(broken.waitUntilFinished(events, 15_000), /does not hold purchase data/)
-  const failed = await queue.getJob(broken.id as string)
-  t.equal(failed?.attemptsMade, 1, 'an unrecoverable job is not retried')
+  await queues.touchOption(id, Date.now())
+  const failed = await finished(queue, broken.id as string)
+  t.match(failed.failedReason, /does not hold purchase data/)
+  t.equal(failed.attemptsMade, 1, 'an unrecoverable job is not retried')
   const { rows } = await sql.query('select count(*)::int as n from purchases')
   t.equal(rows[0].n, 0)
 })
 
 /** Jobs added straight to the option's queue (as older code or another producer could), in this order. */
-async function enqueueDirectly (t: Teardown, redis: Redis, prefix: string, ticketOptionId: string, jobs: PurchaseRequest[]): Promise<Queue> {
-  const queue = new Queue(purchaseQueueName(ticketOptionId), { connection: redis, prefix })
-  t.teardown(async () => { await queue.close() })
+async function enqueueDirectly (t: Teardown, queues: QueueBackend, ticketOptionId: string, jobs: PurchaseRequest[]): Promise<Queue> {
+  const queue = queueOf(t, queues, ticketOptionId)
   await queue.setGlobalConcurrency(1)
   for (const data of jobs) await queue.add(PURCHASE_JOB_NAME, data, { jobId: data.purchaseId })
-  await touchOption(redis, prefix, ticketOptionId)
+  await queues.touchOption(ticketOptionId, Date.now())
   return queue
 }
 
@@ -115,12 +118,13 @@ async function appliedInOrder (sql: pg.Pool, ticketOptionId: string, count: numb
 
 for (const batchSize of ['1', '100']) {
   t.test(`a purchase PostgreSQL refuses is recorded as rejected in its turn, and nothing overtakes it (batch size ${batchSize})`, async (t) => {
-    const { app, sql, config, redis, prefix } = await setUp(t, { worker: false, env: { WORKER_BATCH_SIZE: batchSize } })
+    // On Redis only: PostgreSQL's jsonb refuses a NUL byte already when the job is added.
+    const { app, sql, config, openQueues } = await setUp(t, { worker: false, env: { WORKER_BATCH_SIZE: batchSize } })
     const id = await createOption(app, 10)
     // A NUL byte is valid JSON and passes the job schema, but PostgreSQL refuses it in text (22021): not an outage.
     const refused = { ...job(id, 2), requestId: 'bad\u0000byte' }
     const jobs = [job(id, 1), refused, job(id, 3), job(id, 1)]
-    await enqueueDirectly(t, redis, prefix, id, jobs)
+    await enqueueDirectly(t, openQueues(), id, jobs)
     await startTestWorker(t, config)
 
     const rows = await appliedInOrder(sql, id, jobs.length)
@@ -131,9 +135,9 @@ for (const batchSize of ['1', '100']) {
   })
 }
 
-t.test('a purchase whose retries run out while PostgreSQL is unreachable goes back to the head of its queue', async (t) => {
-  const environment = await setUp(t, { worker: false })
-  const { app, sql, redis, prefix, databaseUrl } = environment
+eachQueueBackend(t, 'a purchase whose retries run out while PostgreSQL is unreachable goes back to the head of its queue', async (t, backendEnv) => {
+  const environment = await setUp(t, { worker: false, env: backendEnv })
+  const { app, sql, openQueues, databaseUrl } = environment
   const id = await createOption(app, 10)
   // Hold the option's row: the worker's first transaction waits on it until its backend is terminated.
   const locker = await sql.connect()
@@ -142,7 +146,7 @@ t.test('a purchase whose retries run out while PostgreSQL is unreachable goes ba
   await locker.query('select 1 from ticket_options where id = $1 for update', [id])
 
   const jobs = [job(id, 1), job(id, 2), job(id, 3)]
-  await enqueueDirectly(t, redis, prefix, id, jobs)
+  await enqueueDirectly(t, openQueues(), id, jobs)
   const worker = configWith(environment, {
     WORKER_BATCH_SIZE: '1',
     // No retry in place: the first outage hands the job back at once.
@@ -165,13 +169,13 @@ t.test('a purchase whose retries run out while PostgreSQL is unreachable goes ba
   t.same(await unbalancedOptions(sql), [])
 })
 
-t.test('a purchase that can be neither applied nor recorded stops its queue, visibly, instead of being overtaken', async (t) => {
-  const { app, sql, config, redis, prefix } = await setUp(t, { worker: false })
+eachQueueBackend(t, 'a purchase that can be neither applied nor recorded stops its queue, visibly, instead of being overtaken', async (t, backendEnv) => {
+  const { app, sql, config, openQueues } = await setUp(t, { worker: false, env: backendEnv })
   const id = await createOption(app, 10)
   // 10^16 ms is past PostgreSQL's last timestamp (22008): neither the purchase nor its rejection can be written.
   const stuck = { ...job(id, 1), enqueuedAt: 1e16 }
   const behind = job(id, 1)
-  const queue = await enqueueDirectly(t, redis, prefix, id, [stuck, behind])
+  const queue = await enqueueDirectly(t, openQueues(), id, [stuck, behind])
   const lines: string[] = []
   const worker = await startWorker(config, pino({ level: 'error' }, { write: (line: string) => { lines.push(line) } }))
   t.teardown(worker.close)

@@ -1,6 +1,6 @@
 /**
  * The worker's own small HTTP server for probes: GET /health/live (the
- * process is up) and GET /health/ready (PostgreSQL and Redis answer; 503 with
+ * process is up) and GET /health/ready (PostgreSQL, and Redis when the queues are on it, answer; 503 with
  * Retry-After otherwise), with the same bodies as the API's routes
  * (api/routes/health.ts). Plain node:http: the worker has no Fastify.
  * It listens on WORKER_HEALTH_PORT (0 = a free port; a free one too when the
@@ -9,18 +9,18 @@
  */
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Db } from '../../shared/db'
 import { catalogueBody, RETRY_AFTER_SECONDS } from '../../shared/error-catalogue'
-import { checkReadiness, isReady, unavailableDependencies } from '../../shared/health-checks'
+import { checkReadiness, isReady, readinessChecks, unavailableDependencies, type QueueStore } from '../../shared/health-checks'
 import type { WorkerMetrics } from './metrics'
 
 export interface HealthServerOptions {
   host: string
   port: number
   db: Db
-  redis: Redis
+  /** the queue backend's store */
+  queues: QueueStore
   log: Logger
   /** serves GET /metrics (worker/monitoring/metrics.ts) when given */
   metrics?: Pick<WorkerMetrics, 'exposition'>
@@ -52,7 +52,7 @@ async function listen (server: http.Server, port: number, host: string): Promise
 }
 
 export async function startHealthServer (options: HealthServerOptions): Promise<HealthServer> {
-  const { host, port, db, redis, log, metrics } = options
+  const { host, port, db, queues, log, metrics } = options
 
   async function handle (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const path = (req.url ?? '').split('?')[0] ?? ''
@@ -65,8 +65,8 @@ export async function startHealthServer (options: HealthServerOptions): Promise<
       return
     }
     if (method === 'GET' && path === '/health/ready') {
-      const readiness = await checkReadiness(db, redis)
-      if (isReady(readiness)) return send(res, 200, { status: 'ok', checks: { postgres: 'ok', redis: 'ok' } })
+      const readiness = await checkReadiness(db, queues)
+      if (isReady(readiness)) return send(res, 200, { status: 'ok', checks: readinessChecks(readiness) })
       const down = unavailableDependencies(readiness)
       log.warn({ readiness }, 'worker not ready')
       return send(res, 503, catalogueBody('SERVICE_UNAVAILABLE', [down]), { 'retry-after': String(RETRY_AFTER_SECONDS) })

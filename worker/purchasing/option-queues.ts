@@ -1,8 +1,8 @@
 /**
  * Finds the option queues that have work and runs one BullMQ Worker for each.
  *
- * The API registers an option in a sorted set before it enqueues and publishes
- * a wake-up. This module subscribes to wake-ups and also rescans the set every
+ * The API registers an option (the queue backend's registry) before it enqueues
+ * and sends a wake-up. This module subscribes to wake-ups and also rescans the registry every
  * few seconds, so a missed message only delays a job and never strands it.
  * A queue idle for WORKER_QUEUE_IDLE_MS is let go (its Worker closed, and its
  * registration removed once the queue is empty), so connections stay bounded
@@ -12,13 +12,12 @@
  * @see https://docs.bullmq.io/guide/queues/global-concurrency
  */
 import os from 'node:os'
-import { Queue, Worker } from 'bullmq'
-import type { Redis } from 'ioredis'
+import type { Queue, Worker } from 'bullmq'
 import type { Logger } from 'pino'
 import type { Config } from '../../shared/config'
 import type { Db } from '../../shared/db'
-import { PURCHASE_JOB_NAME, purchaseQueueName, queueWakeupChannel } from '../../shared/queues/queue-names'
-import { listActiveOptions, releaseOption } from '../../shared/queues/queue-registry'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
+import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
 import type { WorkerMetrics } from '../monitoring/metrics'
 import { createPurchaseProcessor, RecentOutcomes } from './purchase-processor'
 
@@ -51,10 +50,8 @@ interface RunningQueue {
 export interface OptionQueuesDeps {
   config: Config
   db: Db
-  /** shared non-blocking connection: queues, registry, publishing outcomes */
-  connection: Redis
-  /** dedicated connection in subscriber mode */
-  subscriber: Redis
+  /** the queues, the registry, wake-ups and outcome messages */
+  backend: QueueBackend
   log: Logger
   /** batch timings and sizes for the worker's GET /metrics */
   metrics?: WorkerMetrics
@@ -75,20 +72,12 @@ export class OptionQueues {
   }
 
   async start (): Promise<void> {
-    const { subscriber, config, log } = this.deps
-    subscriber.on('message', (channel: string, ticketOptionId: string) => {
-      if (channel === queueWakeupChannel(config.queuePrefix)) this.ensure(ticketOptionId)
-    })
-    // Again on every ready, as the API's outcome subscriber does (api/purchasing/outcome-waiter.ts);
-    // the rescan finds queues meanwhile, so a lost subscription only delays wake-ups.
-    subscriber.on('ready', () => {
-      if (this.closing) return
-      subscriber.subscribe(queueWakeupChannel(config.queuePrefix)).catch((err: unknown) => { log.warn({ err }, 'could not subscribe to wake-ups') })
-    })
-    await subscriber.subscribe(queueWakeupChannel(config.queuePrefix))
+    const { backend, config, log } = this.deps
+    // The rescan finds queues too, so a lost wake-up only delays a job.
+    await backend.subscribeWakeups((ticketOptionId) => { this.ensure(ticketOptionId) })
     // A Redis restarted without its data (no AOF) forgets each queue's global
     // concurrency: set it again on every reconnect so options stay serial across replicas.
-    this.deps.connection.on('ready', () => {
+    backend.onReconnect(() => {
       for (const [ticketOptionId, { queue }] of this.running) {
         queue.setGlobalConcurrency(1).catch((err: unknown) => { log.warn({ err, ticketOptionId }, 'could not set global concurrency') })
       }
@@ -108,16 +97,16 @@ export class OptionQueues {
 
   private async rescanOnce (): Promise<void> {
     if (this.closing) return
-    const { connection, config } = this.deps
+    const { backend, config } = this.deps
     const now = Date.now()
-    const registered = await listActiveOptions(connection, config.queuePrefix)
+    const registered = await backend.listActiveOptions()
     const wanted = new Set<string>()
     for (const { ticketOptionId, lastUsedAt } of registered) {
       if (now - lastUsedAt < config.workerQueueIdleMs || await this.hasJobs(ticketOptionId)) {
         wanted.add(ticketOptionId)
         this.ensure(ticketOptionId)
       } else {
-        await releaseOption(connection, config.queuePrefix, ticketOptionId, lastUsedAt)
+        await backend.releaseOption(ticketOptionId, lastUsedAt)
       }
     }
     for (const [ticketOptionId, entry] of this.running) {
@@ -137,7 +126,7 @@ export class OptionQueues {
   }
 
   private newQueue (ticketOptionId: string): Queue {
-    const queue = new Queue(purchaseQueueName(ticketOptionId), { connection: this.deps.connection, prefix: this.deps.config.queuePrefix })
+    const queue = this.deps.backend.createQueue(purchaseQueueName(ticketOptionId))
     queue.on('error', (err) => { this.deps.log.warn({ err, ticketOptionId }, 'queue error') })
     return queue
   }
@@ -150,13 +139,12 @@ export class OptionQueues {
       existing.lastActiveAt = Date.now()
       return
     }
-    const { config, db, connection, log } = this.deps
+    const { config, db, backend, log } = this.deps
     const queueLog = log.child({ ticketOptionId })
     const queue = this.newQueue(ticketOptionId)
     const processor = createPurchaseProcessor(queue, {
       db,
-      publisher: connection,
-      prefix: config.queuePrefix,
+      backend,
       batchSize: config.workerBatchSize,
       dbRetryMs: config.workerDbRetryMs,
       log: queueLog,
@@ -164,17 +152,14 @@ export class OptionQueues {
       recent: this.recent,
       metrics: this.deps.metrics,
     })
-    const worker = new Worker(purchaseQueueName(ticketOptionId), processor, {
-      connection,
-      prefix: config.queuePrefix,
+    const worker = backend.createWorker(purchaseQueueName(ticketOptionId), processor, {
       name: WORKER_NAME,
       concurrency: 1,
       lockDuration: LOCK_DURATION_MS,
       stalledInterval: STALLED_INTERVAL_MS,
       // A purchase job is idempotent, so a job that stalls again is retried rather than failed.
       maxStalledCount: 10,
-      removeOnComplete: { age: 3600, count: 10_000 },
-      removeOnFail: { age: 7 * 24 * 3600 },
+      ...backend.retention,
     })
     const entry: RunningQueue = { worker, queue, lastActiveAt: Date.now() }
     worker.on('error', (err) => { queueLog.warn({ err }, 'worker error') })
@@ -204,7 +189,6 @@ export class OptionQueues {
     this.closing = true
     clearInterval(this.rescanTimer)
     await this.rescanning?.catch(() => {})
-    await this.deps.subscriber.unsubscribe().catch(() => {})
     const entries = [...this.running.values()]
     this.running.clear()
     await Promise.all(entries.map(async ({ worker, queue }) => {

@@ -18,19 +18,18 @@
  * Only a job whose data is not a purchase, or names no option, fails outright.
  */
 import { UnrecoverableError, WaitingError, type Job, type Queue } from 'bullmq'
-import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import { isTransientDbError, withTransaction, type Db } from '../../shared/db'
 import { isSaleRequest, jobIdOf, lastLineOf, type SaleRequest } from '../../shared/purchases/sale-request'
-import { publishApplied, publishApplying } from '../../shared/purchases/purchase-outcomes'
+import type { AppliedMessage } from '../../shared/purchases/purchase-outcomes'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { applySaleBatch, isChangeOutcome, rejectUnprocessable, UnknownTicketOptionError, type SaleOutcome } from '../../shared/purchases/sale-store'
 import type { WorkerMetrics } from '../monitoring/metrics'
 
 export interface PurchaseProcessorDeps {
   db: Db
-  /** connection used to publish outcomes */
-  publisher: Redis
-  prefix: string
+  /** where outcomes are sent: inside the transaction (PostgreSQL) or after it (Redis) */
+  backend: Pick<QueueBackend, 'recordApplied' | 'publishApplied' | 'publishApplying' | 'olderWaiting' | 'waitingData' | 'handBack'>
   batchSize: number
   dbRetryMs: number
   log: Logger
@@ -42,10 +41,27 @@ export interface PurchaseProcessorDeps {
   metrics?: WorkerMetrics
 }
 
-/** Outcomes recorded in a batch before their own job ran; bounded, oldest dropped first. */
+/**
+ * Outcomes recorded in a batch before their own job ran, and the highest line
+ * number this process applied per option; bounded, oldest dropped first.
+ */
 export class RecentOutcomes {
   private readonly entries = new Map<string, SaleOutcome>()
+  private readonly lines = new Map<string, number>()
   constructor (private readonly capacity = 50_000) {}
+
+  noteApplied (ticketOptionId: string, line: number | null): void {
+    if (line === null || line <= (this.lines.get(ticketOptionId) ?? 0)) return
+    this.lines.delete(ticketOptionId)
+    this.lines.set(ticketOptionId, line)
+    if (this.lines.size > this.capacity) this.lines.delete(this.lines.keys().next().value as string)
+  }
+
+  /** The highest line number of the option this process applied; 0 when none. */
+  lastApplied (ticketOptionId: string): number {
+    return this.lines.get(ticketOptionId) ?? 0
+  }
+
   remember (record: SaleOutcome): void {
     this.entries.set(record.id, record)
     if (this.entries.size > this.capacity) {
@@ -73,19 +89,27 @@ class HandBack extends Error {
 }
 
 export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDeps) {
-  const { db, publisher, prefix, batchSize, log } = deps
+  const { db, backend, batchSize, log } = deps
 
-  async function nextWaiting (head: SaleRequest): Promise<SaleRequest[]> {
-    if (batchSize <= 1) return []
+  /**
+   * The batch of `head`, in arrival (line) order: the next waiting requests
+   * (up to the batch size), and any that arrived before it but wait behind it
+   * (handed back or recovered from a stalled worker to the tail of the queue,
+   * as BullMQ's PostgreSQL backend does). Those are looked for only when
+   * `head` is not the next line number this process expects.
+   */
+  async function batchOf (head: SaleRequest): Promise<SaleRequest[]> {
     // The queue's global concurrency is 1, so nobody else takes these while we hold the head job.
-    const jobs = await queue.getJobs(['wait'], 0, batchSize - 2, true)
-    const headId = jobIdOf(head)
-    const batch: SaleRequest[] = []
-    for (const job of jobs) {
-      const data: unknown = job.data
-      if (isSaleRequest(data) && data.ticketOptionId === head.ticketOptionId && jobIdOf(data) !== headId) batch.push(data)
+    const [jobs, older] = await Promise.all([
+      batchSize <= 1 ? [] : backend.waitingData(queue, batchSize - 1),
+      head.line !== undefined && head.line > deps.recent.lastApplied(head.ticketOptionId) + 1 ? backend.olderWaiting(queue, head.line, batchSize) : [],
+    ])
+    const byId = new Map<string, SaleRequest>([[jobIdOf(head), head]])
+    for (const data of [...older, ...jobs]) {
+      if (isSaleRequest(data) && data.ticketOptionId === head.ticketOptionId && !byId.has(jobIdOf(data))) byId.set(jobIdOf(data), data)
     }
-    return batch
+    // Requests of older code carry no line: they came first.
+    return [...byId.values()].sort((a, b) => (a.line ?? 0) - (b.line ?? 0))
   }
 
   /**
@@ -108,29 +132,40 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     }
   }
 
-  /** One batch in one transaction; `requests` is called inside each try, so a retry reads the queue again. */
-  async function applyBatch (ticketOptionId: string, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<SaleOutcome[]> {
+  /**
+   * One batch in one transaction, with the message that tells the APIs (sent
+   * in the transaction on PostgreSQL); `requests` is called inside each try,
+   * so a retry reads the queue again.
+   */
+  async function applyBatch (ticketOptionId: string, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<Applied> {
     return await retryingOutages(async () => {
-      // Timed from BEGIN to COMMIT (the batch read from Redis overlaps with BEGIN).
+      // Timed from BEGIN to COMMIT (the batch read from the queue overlaps with BEGIN).
       const began = process.hrtime.bigint()
-      const outcomes = await withTransaction(db, async (client) => await applySaleBatch(client, ticketOptionId, await requests()))
-      deps.metrics?.batchApplied(Number(process.hrtime.bigint() - began) / 1e9, outcomes.map(outcomeStatus))
-      return outcomes
+      const applied = await withTransaction(db, async (client) => {
+        const batch = await requests()
+        const message = appliedMessage(ticketOptionId, batch, await applySaleBatch(client, ticketOptionId, batch))
+        await backend.recordApplied(client, message)
+        return { batch, message }
+      })
+      deps.metrics?.batchApplied(Number(process.hrtime.bigint() - began) / 1e9, applied.message.outcomes.map(outcomeStatus))
+      return applied
     }, jobLog)
   }
 
   /**
-   * The outcomes of the head and of the purchases applied with it. A batch
-   * PostgreSQL refuses is tried again with the head alone (one bad purchase
-   * must not sink its neighbours); a head refused alone is recorded as rejected.
+   * The outcomes of the batch. A batch PostgreSQL refuses is tried again with
+   * its first request alone (one bad purchase must not sink its neighbours);
+   * one refused alone is recorded as rejected. `first()` is the batch's first
+   * request in line: the held job itself, unless an older one waited behind it.
    */
-  async function decide (head: SaleRequest, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<SaleOutcome[]> {
+  async function decide (first: () => SaleRequest, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<Applied> {
     try {
-      return await applyBatch(head.ticketOptionId, requests, jobLog)
+      return await applyBatch(first().ticketOptionId, requests, jobLog)
     } catch (err) {
       if (err instanceof HandBack || err instanceof UnknownTicketOptionError) throw err
       jobLog.error({ err }, 'PostgreSQL refused the batch; applying the purchase alone')
     }
+    const head = first()
     try {
       return await applyBatch(head.ticketOptionId, async () => [head], jobLog)
     } catch (err) {
@@ -138,13 +173,25 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
       jobLog.error({ err }, 'PostgreSQL refused the purchase; recording it as rejected (unprocessable)')
     }
     try {
-      return [await retryingOutages(async () => await rejectUnprocessable(db, head), jobLog)]
+      return await retryingOutages(async () => {
+        const message = appliedMessage(head.ticketOptionId, [head], [await rejectUnprocessable(db, head)])
+        await withTransaction(db, async (client) => { await backend.recordApplied(client, message) })
+        return { batch: [head], message }
+      }, jobLog)
     } catch (err) {
       if (err instanceof HandBack) throw err
       jobLog.error({ err }, 'the purchase can be neither applied nor recorded; its option\'s queue waits for it')
       await sleep(STUCK_RETRY_MS)
       throw new HandBack('neither applied nor recorded', { cause: err })
     }
+  }
+
+  /** Gives the job back to the head of its queue, to be taken again before the jobs behind it. */
+  async function handBack (job: Job, token: string | undefined, jobLog: Logger, why: unknown): Promise<never> {
+    if (token === undefined) throw why
+    jobLog.warn({ err: why }, 'purchase handed back to the head of its queue')
+    await backend.handBack(job, token)
+    throw new WaitingError()
   }
 
   return async function processPurchase (job: Job, token?: string): Promise<SaleOutcome> {
@@ -162,50 +209,61 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     // Read the next waiting jobs from Redis while the transaction begins in
     // PostgreSQL: one round trip less per purchase at low load (bench `latency`).
     // The first attempt uses this read; a retry reads the queue again.
-    let prefetched: Promise<SaleRequest[]> | undefined = nextWaiting(data)
+    let prefetched: Promise<SaleRequest[]> | undefined = batchOf(data)
     prefetched.catch(() => {}) // awaited in the transaction; a failure before that is not "unhandled"
-    let batch: SaleRequest[] = [data]
+    let first: SaleRequest = data
     const requests = async (): Promise<SaleRequest[]> => {
-      const next = prefetched ?? nextWaiting(data)
+      const next = prefetched ?? batchOf(data)
       prefetched = undefined
-      batch = [data, ...await next]
+      const batch = await next
+      first = batch[0] ?? data
       // Buyers batched behind the head read position 0 while it runs (the head reads 0
       // anyway: nothing is ahead of it). Not awaited; a lost message only delays that.
       const applyingLine = batch.length > 1 ? lastLineOf(batch) : null
-      if (applyingLine !== null) publishApplying(publisher, prefix, data.ticketOptionId, applyingLine).catch(() => {})
+      if (applyingLine !== null) backend.publishApplying(data.ticketOptionId, applyingLine).catch(() => {})
       return batch
     }
-    let outcomes: SaleOutcome[]
+    let applied: Applied
     try {
-      outcomes = await decide(data, requests, jobLog)
+      applied = await decide(() => first, requests, jobLog)
     } catch (err) {
       if (err instanceof UnknownTicketOptionError) throw new UnrecoverableError(err.message)
       if (!(err instanceof HandBack) || token === undefined) throw err
-      // Back to the head of the queue (BullMQ pushes it where the next take looks first).
-      jobLog.warn({ err: err.cause ?? err }, 'purchase handed back to the head of its queue')
-      await job.moveToWait(token)
-      throw new WaitingError()
+      return await handBack(job, token, jobLog, err.cause ?? err)
     }
+    const { outcomes } = applied.message
+    const ownId = jobIdOf(data)
+    const own = outcomes.find((o) => o.id === ownId)
     // Published even for outcomes recorded before (a redelivered job), since
     // the first worker may have died between COMMIT and publishing.
     try {
-      // The batch that committed: the head alone when the whole batch was refused (decide).
-      const applied = outcomes.length === batch.length ? batch : [data]
-      deps.metrics?.requestsDecided(data.ticketOptionId, applied.map((r) => r.enqueuedAt))
-      await publishApplied(publisher, prefix, { ticketOptionId: data.ticketOptionId, appliedLine: lastLineOf(applied), count: applied.length, at: Date.now(), outcomes })
-      for (const outcome of outcomes.slice(1)) deps.recent.remember(outcome)
+      deps.metrics?.requestsDecided(data.ticketOptionId, applied.batch.map((r) => r.enqueuedAt))
+      deps.recent.noteApplied(data.ticketOptionId, applied.message.appliedLine)
+      for (const outcome of outcomes) if (outcome.id !== ownId) deps.recent.remember(outcome)
+      await backend.publishApplied(applied.message)
     } catch (err) {
       // Waiters fall back to reading PostgreSQL; the purchases are committed
       // either way, and the batched jobs publish again when their turn comes.
       jobLog.warn({ err }, 'could not publish purchase outcomes')
     }
-    const own = outcomes[0] as SaleOutcome
+    // Only an older request, applied alone after its batch was refused: this one waits its turn again.
+    if (own === undefined) return await handBack(job, token, jobLog, new Error('an older request was applied alone first'))
     if (jobLog.isLevelEnabled('debug')) {
       const kind = data.kind ?? 'purchase'
       jobLog.debug({ ...(kind === 'purchase' ? { purchaseId: own.id } : { id: own.id }), status: outcomeStatus(own), batch: outcomes.length }, `${kind} applied`)
     }
     return own
   }
+}
+
+/** A committed batch: the requests it applied (the head alone when the batch was refused) and their message. */
+interface Applied {
+  batch: SaleRequest[]
+  message: Omit<AppliedMessage, 'type'>
+}
+
+function appliedMessage (ticketOptionId: string, batch: SaleRequest[], outcomes: SaleOutcome[]): Omit<AppliedMessage, 'type'> {
+  return { ticketOptionId, appliedLine: lastLineOf(batch), count: batch.length, at: Date.now(), outcomes }
 }
 
 /** A bounded label for an outcome: a purchase's or hold's status, or what a change did. */

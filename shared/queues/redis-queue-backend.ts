@@ -1,0 +1,129 @@
+/**
+ * The queues on Redis (REDIS_URL): BullMQ's default backend. The registry of
+ * active options is a sorted set, wake-ups and outcome messages are pub/sub
+ * channels, and the line numbers are two counters in the option's hash slot
+ * (shared/queues/queue-names.ts names every key).
+ *
+ * Connections: one shared non-blocking connection (queues, registry,
+ * counters, publishing), one subscriber, and BullMQ's own blocking
+ * connection per Worker. The API's shared connection fails fast; a worker's
+ * waits and reconnects (shared/redis.ts).
+ */
+import { QueueKeys, Queue, Worker, type Processor } from 'bullmq'
+import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
+import type { Config } from '../config'
+import { parseLineMessage, publishApplied, publishApplying } from '../purchases/purchase-outcomes'
+import { commandNeverSent, createProducerConnection, createWorkerConnection, waitUntilReady } from '../redis'
+import { redisAnswers } from '../health-checks'
+import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
+import { activeOptionsKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from './queue-names'
+import { listActiveOptions, releaseOption, touchOption } from './queue-registry'
+
+export function openRedisQueueBackend (config: Config, log: Logger, role: QueueBackendRole): QueueBackend {
+  const prefix = config.queuePrefix
+  const connection: Redis = role === 'api'
+    ? createProducerConnection(config.redisUrl, log, `${prefix}-${role}`)
+    : createWorkerConnection(config.redisUrl, log, `${prefix}-${role}`)
+  // Opened on first subscription: a process that only enqueues needs none.
+  let subscriber: Redis | undefined
+  const subscribed = new Map<string, (message: string) => void>()
+  const subscribe = async (channel: string, onMessage: (message: string) => void, onGap?: () => void): Promise<void> => {
+    if (subscriber === undefined) {
+      const s = createWorkerConnection(config.redisUrl, log, `${prefix}-${role}-subscriber`)
+      s.on('message', (from: string, message: string) => { subscribed.get(from)?.(message) })
+      subscriber = s
+    }
+    const s = subscriber
+    subscribed.set(channel, onMessage)
+    // ioredis re-subscribes by itself after a reconnect, but only if the
+    // connection it lost had subscribed; after a reconnect that failed midway
+    // it may not know. Subscribing again on every ready is harmless.
+    s.on('ready', () => {
+      onGap?.()
+      s.subscribe(channel).catch((err: unknown) => { log.warn({ err, channel }, 'could not subscribe') })
+    })
+    await s.subscribe(channel)
+  }
+  const keys = new QueueKeys(prefix)
+
+  return {
+    kind: 'redis',
+    storeName: 'Redis',
+    // An hour of completed jobs, at most 10,000 per queue (a sorted set: trimming is cheap).
+    retention: { removeOnComplete: { age: 3600, count: 10_000 }, removeOnFail: { age: 7 * 24 * 3600 } },
+
+    createQueue: (name: string, settings: QueueSettings = {}) => new Queue(name, { connection, prefix, ...settings }),
+    createWorker: (name: string, processor: Processor, settings: WorkerSettings) => new Worker(name, processor, { connection, prefix, ...settings }),
+
+    touchOption: async (ticketOptionId, now) => { await touchOption(connection, prefix, ticketOptionId, now) },
+    listActiveOptions: async () => await listActiveOptions(connection, prefix),
+    recentOptions: async (limit) => {
+      const registry = activeOptionsKey(prefix)
+      const [registered, ids] = await Promise.all([connection.zcard(registry), connection.zrevrange(registry, 0, limit - 1)])
+      return { registered, ids }
+    },
+    releaseOption: async (ticketOptionId, lastUsedAt) => await releaseOption(connection, prefix, ticketOptionId, lastUsedAt),
+    subscribeWakeups: async (onWakeup) => { await subscribe(queueWakeupChannel(prefix), onWakeup) },
+
+    subscribeLineMessages: async (onMessage, onGap) => {
+      await subscribe(purchaseOutcomesChannel(prefix), (raw) => {
+        let message
+        try {
+          message = parseLineMessage(raw)
+        } catch (err) {
+          log.warn({ err }, 'unreadable purchase outcome message')
+          return
+        }
+        if (message !== null) onMessage(message)
+      }, onGap)
+    },
+    // Pub/sub is not transactional: Redis hears of a batch once it has committed.
+    recordApplied: async () => {},
+    publishApplied: async (message) => { await publishApplied(connection, prefix, message) },
+    publishApplying: async (ticketOptionId, applyingLine) => { await publishApplying(connection, prefix, ticketOptionId, applyingLine) },
+
+    takeLineNumbers: async (ticketOptionId, count) => await connection.incrby(lineTicketKey(prefix, ticketOptionId), count),
+    readLine: async (ticketOptionId) => {
+      const [taken, applied] = await connection.mget(lineTicketKey(prefix, ticketOptionId), lineAppliedKey(prefix, ticketOptionId))
+      return { taken: Number(taken ?? 0), applied: Number(applied ?? 0) }
+    },
+
+    // BullMQ on Redis pushes it where the next take looks first.
+    handBack: async (job, token) => { await job.moveToWait(token) },
+    waitingData: async (queue, limit) => (await queue.getJobs(['wait'], 0, limit - 1, true)).map((job) => job.data as unknown),
+    waitingCount: async (queue) => await queue.getWaitingCount(),
+    // moveToWait and the stalled-job check push the job back where the next take looks first.
+    olderWaiting: async () => [],
+
+    // The lengths of BullMQ's own keys: one pipelined round trip of LLEN/ZCARD,
+    // where Queue#getJobCounts would need a Queue object per option.
+    queueCounts: async (ticketOptionIds) => {
+      if (ticketOptionIds.length === 0) return []
+      const pipeline = connection.pipeline()
+      for (const id of ticketOptionIds) {
+        const name = purchaseQueueName(id)
+        pipeline.llen(keys.toKey(name, 'wait'))
+        pipeline.zcard(keys.toKey(name, 'prioritized'))
+        pipeline.llen(keys.toKey(name, 'active'))
+        pipeline.zcard(keys.toKey(name, 'delayed'))
+      }
+      const replies = (await pipeline.exec()) ?? []
+      const count = (i: number): number => {
+        const [err, value] = replies[i] ?? [new Error('no reply'), null]
+        if (err !== null) throw err
+        return Number(value)
+      }
+      return ticketOptionIds.map((_id, i): QueueCounts => ({ waiting: count(4 * i) + count(4 * i + 1), active: count(4 * i + 2), delayed: count(4 * i + 3) }))
+    },
+
+    answers: async (timeoutMs) => await redisAnswers(connection, timeoutMs),
+    neverSent: commandNeverSent,
+    onReconnect: (fn) => { connection.on('ready', fn) },
+    waitUntilReady: async (timeoutMs) => { await waitUntilReady(connection, timeoutMs) },
+    close: async () => {
+      subscriber?.disconnect()
+      await connection.quit().catch(() => { connection.disconnect() })
+    },
+  }
+}
