@@ -53,7 +53,16 @@ t.test('npm start with nothing installed: sells, stops on Ctrl-C, keeps its data
       cwd: ROOT,
       // Its own process group: the Ctrl-C below reaches npm and what runs in its terminal, as a shell's would.
       detached: true,
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/root', EMBEDDED_POSTGRES_DIR: dataDir, LOG_PRETTY: 'false' },
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: process.env.HOME ?? '/root',
+        EMBEDDED_POSTGRES_DIR: dataDir,
+        LOG_PRETTY: 'false',
+        // tap hooks every spawn to add its loaders; these processes compile with tsx (the npm
+        // script), whose coverage would be merged onto tap's compilation of the same files and
+        // garble the report. test/deploy/launcher.test.ts covers the launcher with tap's loaders.
+        _TAPJS_PROCESSINFO_COV_EXCLUDE_: '/./',
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     for (const stream of [child.stdout, child.stderr]) stream?.on('data', (chunk: Buffer) => { output.push(chunk.toString()) })
