@@ -123,7 +123,7 @@ function runningServer (dataDir: string, log: Logger): number | null {
     }
   }
   if (isPostgres) return pid
-  log.warn({ file, pid }, 'removing a stale postmaster.pid (its server is gone)')
+  log.warn({ file, postgresPid: pid }, 'removing a stale postmaster.pid (its server is gone)')
   rmSync(file, { force: true })
   return null
 }
@@ -207,7 +207,7 @@ export async function startEmbeddedPostgres (settings: EmbeddedPostgresSettings,
       // Its owner was killed: this process stops it when done.
       await waitUntilAnswers(port, START_TIMEOUT_MS, () => isAlive(running) ? null : 'the embedded PostgreSQL stopped while starting')
       writeFileSync(ownerFile, String(process.pid))
-      log.info({ port, pid: running }, 'adopted the embedded PostgreSQL left running by a process that is gone')
+      log.info({ port, postgresPid: running }, 'adopted the embedded PostgreSQL left running by a process that is gone')
       return { owned: true, stop: async () => { await stopServer(running, ownerFile, log) } }
     }
     if (await answers(port)) {
@@ -255,7 +255,7 @@ export async function startEmbeddedPostgres (settings: EmbeddedPostgresSettings,
     }
     const pid = child.pid as number
     writeFileSync(ownerFile, String(process.pid))
-    log.info({ port, dataDir, pid, ms: Date.now() - started, osUser: user?.name }, 'started the embedded PostgreSQL')
+    log.info({ port, dataDir, postgresPid: pid, ms: Date.now() - started, osUser: user?.name }, 'started the embedded PostgreSQL')
     return { owned: true, stop: async () => { await stopServer(pid, ownerFile, log) } }
   })
 }
@@ -267,11 +267,11 @@ async function stopServer (pid: number, ownerFile: string, log: Logger): Promise
   const deadline = Date.now() + STOP_TIMEOUT_MS
   while (isAlive(pid) && Date.now() < deadline) await sleep(50)
   if (isAlive(pid)) {
-    log.warn({ pid }, 'the embedded PostgreSQL did not stop in time; quitting it')
+    log.warn({ postgresPid: pid }, 'the embedded PostgreSQL did not stop in time; quitting it')
     process.kill(pid, 'SIGQUIT')
   }
   rmSync(ownerFile, { force: true })
-  log.info({ pid }, 'stopped the embedded PostgreSQL')
+  log.info({ postgresPid: pid }, 'stopped the embedded PostgreSQL')
 }
 
 /** For entry points: the embedded PostgreSQL when no DATABASE_URL is set (joined or started), else nothing to do. */
