@@ -9,6 +9,7 @@ import type { Logger } from 'pino'
 import { jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
+import { BatchedCalls } from './batched-calls'
 
 // Touching the registry more often than this per option only repeats work;
 // it must stay far below WORKER_QUEUE_IDLE_MS so a registration never lapses while in use.
@@ -21,8 +22,6 @@ interface OpenQueue {
   touchedAt: number
   /** the registry touch in flight, shared by the requests that need it */
   touching: Promise<void> | null
-  /** requests to add at the end of this event-loop turn, in the order they asked */
-  gathering: Array<{ data: SaleRequest, resolve: () => void, reject: (err: unknown) => void }> | null
 }
 
 export type JobState = 'pending' | 'unknown'
@@ -68,7 +67,7 @@ export class PurchaseQueues {
     })
     queue.on('error', (err) => { this.log.warn({ err, ticketOptionId }, 'queue error') })
     const ready = queue.setGlobalConcurrency(1).then(() => {})
-    entry = { queue, ready, touchedAt: 0, touching: null, gathering: null }
+    entry = { queue, ready, touchedAt: 0, touching: null }
     // A failed set-up is retried on the next request instead of being cached.
     ready.catch(() => { if (this.open.get(ticketOptionId) === entry) this.open.delete(ticketOptionId) })
     this.open.set(ticketOptionId, entry)
@@ -103,28 +102,22 @@ export class PurchaseQueues {
   }
 
   /**
-   * Requests of one option that are added in the same turn of the event loop
-   * go as one `addBulk`, in the order they asked (one transaction, and one
-   * notification of the workers, on PostgreSQL; one round trip on Redis). All
+   * One add per option in flight; requests that come meanwhile go as one
+   * `addBulk`, in the order they asked (batched-calls.ts): one transaction
+   * and one notification of the workers on PostgreSQL, one round trip on
+   * Redis, and the queue holds them in line order on both. All of a bulk
    * are added or none: a failure reaches each of them.
    */
+  private readonly adds = new BatchedCalls<{ queue: Queue, data: SaleRequest }, undefined>(async (_ticketOptionId, requests) => {
+    const [first] = requests
+    if (first === undefined) return []
+    if (requests.length === 1) await first.queue.add(PURCHASE_JOB_NAME, first.data, { jobId: jobIdOf(first.data) })
+    else await first.queue.addBulk(requests.map(({ data }) => ({ name: PURCHASE_JOB_NAME, data, opts: { jobId: jobIdOf(data) } })))
+    return requests.map(() => undefined)
+  })
+
   private async add (entry: OpenQueue, data: SaleRequest): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      let gathering = entry.gathering
-      if (gathering === null) {
-        const batch: NonNullable<OpenQueue['gathering']> = []
-        gathering = batch
-        entry.gathering = batch
-        setImmediate(() => {
-          entry.gathering = null
-          const adding = batch.length === 1
-            ? entry.queue.add(PURCHASE_JOB_NAME, data, { jobId: jobIdOf(data) })
-            : entry.queue.addBulk(batch.map((b) => ({ name: PURCHASE_JOB_NAME, data: b.data, opts: { jobId: jobIdOf(b.data) } })))
-          adding.then(() => { for (const b of batch) b.resolve() }, (err: unknown) => { for (const b of batch) b.reject(err) })
-        })
-      }
-      gathering.push({ data, resolve, reject })
-    })
+    await this.adds.call(data.ticketOptionId, { queue: entry.queue, data })
   }
 
   /** Jobs of the option waiting for their turn (BullMQ's waiting count: one round trip). */

@@ -12,6 +12,7 @@
  * heard of yet is read from the queue store once.
  */
 import type { QueueBackend } from '../../shared/queues/queue-backend'
+import { BatchedCalls } from './batched-calls'
 
 /** The rate counts the requests applied in this window (ms). */
 export const RATE_WINDOW_MS = 5000
@@ -46,10 +47,14 @@ interface OptionLine {
 
 export class QueueLine {
   private readonly lines = new Map<string, OptionLine>()
-  /** requests waiting for a number, by option, until this turn of the event loop ends */
-  private readonly gathering = new Map<string, Array<{ resolve: (n: number) => void, reject: (err: unknown) => void }>>()
+  private readonly takes: BatchedCalls<undefined, number>
 
-  constructor (private readonly backend: Pick<QueueBackend, 'takeLineNumbers' | 'readLine'>, private readonly capacity = 10_000) {}
+  constructor (private readonly backend: Pick<QueueBackend, 'takeLineNumbers' | 'readLine'>, private readonly capacity = 10_000) {
+    this.takes = new BatchedCalls(async (ticketOptionId, takers) => {
+      const last = await this.backend.takeLineNumbers(ticketOptionId, takers.length)
+      return takers.map((_taker, i) => last - takers.length + 1 + i)
+    })
+  }
 
   private line (ticketOptionId: string): OptionLine {
     let line = this.lines.get(ticketOptionId)
@@ -68,27 +73,13 @@ export class QueueLine {
 
   /**
    * The next number in the option's line, for a request about to be enqueued.
-   * Requests of one option that ask in the same turn of the event loop share
-   * one INCRBY and get consecutive numbers in the order they asked: in a sale
-   * the line costs one Redis command per turn, not one per buyer.
+   * Requests of one option that ask while a take is in flight (or in the same
+   * turn of the event loop) share the next INCRBY and get consecutive numbers
+   * in the order they asked (batched-calls.ts): in a sale the line costs one
+   * command per batch, not one per buyer, and numbers follow the order asked.
    */
   async take (ticketOptionId: string): Promise<number> {
-    return await new Promise<number>((resolve, reject) => {
-      let gathering = this.gathering.get(ticketOptionId)
-      if (gathering === undefined) {
-        const batch: Array<{ resolve: (n: number) => void, reject: (err: unknown) => void }> = []
-        gathering = batch
-        this.gathering.set(ticketOptionId, batch)
-        setImmediate(() => {
-          this.gathering.delete(ticketOptionId)
-          this.backend.takeLineNumbers(ticketOptionId, batch.length).then((last) => {
-            const first = last - batch.length + 1
-            batch.forEach((taker, i) => { taker.resolve(first + i) })
-          }, (err: unknown) => { for (const taker of batch) taker.reject(err) })
-        })
-      }
-      gathering.push({ resolve, reject })
-    })
+    return await this.takes.call(ticketOptionId, undefined)
   }
 
   /** A worker committed a batch (outcome message). */

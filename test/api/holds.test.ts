@@ -8,7 +8,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { buy, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
 import { buildApp } from '../../api/app'
-import { createTestEnvironment, unbalancedOptions } from '../support/environment'
+import { createTestEnvironment, eachQueueBackend, unbalancedOptions } from '../support/environment'
 import { waitFor } from '../support/wait'
 
 const OTHER = '5e0d6c1a-0b6f-4c8e-9a34-1f2d3c4b5a69'
@@ -25,8 +25,8 @@ const act = async (app: FastifyInstance, path: string, userId = USER) =>
   await app.inject({ method: 'POST', url: path, payload: { user_id: userId } })
 const get = async (app: FastifyInstance, path: string) => await app.inject({ method: 'GET', url: path })
 
-t.test('selling with holds', async (t) => {
-  const { app, sql } = await setUp(t)
+eachQueueBackend(t, 'selling with holds', async (t, backendEnv) => {
+  const { app, sql } = await setUp(t, { env: backendEnv })
   const balanced = async (t: Test): Promise<void> => { t.same(await unbalancedOptions(sql), [], 'every option balances') }
 
   t.test('an option without limits reads exactly as before; limits show only when set', async (t) => {
@@ -211,8 +211,8 @@ t.test('selling with holds', async (t) => {
   })
 })
 
-t.test('a hold expires with no request, across a worker restart, within 5 s of expires_at', async (t) => {
-  const { app, config, sql } = await setUp(t, { worker: false })
+eachQueueBackend(t, 'a hold expires with no request, across a worker restart, within 5 s of expires_at', async (t, backendEnv) => {
+  const { app, config, sql } = await setUp(t, { worker: false, env: backendEnv })
   const id = await createOption(app, 5)
   const first = await startTestWorker(t, config)
   const reservation = (await hold(app, id, { quantity: 2, hold_seconds: 10 })).json()

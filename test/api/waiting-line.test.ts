@@ -5,12 +5,12 @@
  */
 import v8 from 'node:v8'
 import vm from 'node:vm'
-import { Queue } from 'bullmq'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { EventSource } from 'undici'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { buildTestApp, configWith, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
+import { eachQueueBackend } from '../support/environment'
 import { withApplicationName } from '../support/purchase-burst'
 import { sleep, waitFor } from '../support/wait'
 
@@ -60,8 +60,8 @@ function follow (base: string, option: string, id: string): Followed {
   return followed
 }
 
-t.test('respond-async answers 202 at once with the place in line, and the status route and the queue route agree', async (t) => {
-  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '5000' } })
+eachQueueBackend(t, 'respond-async answers 202 at once with the place in line, and the status route and the queue route agree', async (t, backendEnv) => {
+  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '5000', ...backendEnv } })
   const option = await createOption(app, 100)
   const started = Date.now()
   const answers = []
@@ -86,8 +86,8 @@ t.test('respond-async answers 202 at once with the place in line, and the status
   t.equal((await app.inject({ method: 'GET', url: `/ticket_options/${crypto.randomUUID()}/queue` })).statusCode, 404)
 })
 
-t.test('a request being applied reads position 0; the ones behind it count it', async (t) => {
-  const environment = await setUp(t, { worker: false })
+eachQueueBackend(t, 'a request being applied reads position 0; the ones behind it count it', async (t, backendEnv) => {
+  const environment = await setUp(t, { worker: false, env: backendEnv })
   const { app, sql, databaseUrl } = environment
   const option = await createOption(app, 10)
   // Hold the option's row: the worker's batch starts (and says so) and then waits on it.
@@ -105,8 +105,8 @@ t.test('a request being applied reads position 0; the ones behind it count it', 
   for (const id of ids) t.equal((await waitFor(async () => await statusOf(app, option, id), (s) => s.status !== 'pending')).status, 'succeeded')
 })
 
-t.test('2,000 respond-async purchases: distinct places in arrival order, never rising, then every outcome', async (t) => {
-  const { app, config, redis, prefix } = await setUp(t, { worker: false })
+eachQueueBackend(t, '2,000 respond-async purchases: distinct places in arrival order, never rising, then every outcome', async (t, backendEnv) => {
+  const { app, config, openQueues } = await setUp(t, { worker: false, env: backendEnv })
   const option = await createOption(app, 1500)
   const answers = await enqueueMany(app, option, 2000)
   t.same(answers.filter((a) => a.statusCode !== 202).map((a) => a.body), [], 'all queued')
@@ -114,9 +114,10 @@ t.test('2,000 respond-async purchases: distinct places in arrival order, never r
   t.equal(new Set(positions).size, 2000, 'distinct')
   t.same([...positions].sort((a, b) => a - b), Array.from({ length: 2000 }, (_, i) => i), 'the places 0 to 1,999')
   // The queue's own order: the jobs' line numbers rise from head to tail.
-  const queue = new Queue(purchaseQueueName(option), { connection: redis, prefix })
+  const queues = openQueues()
+  const queue = queues.createQueue(purchaseQueueName(option))
   t.teardown(async () => { await queue.close() })
-  const lines = (await queue.getJobs(['wait'], 0, -1, true)).map((j) => (j.data as { line: number }).line)
+  const lines = (await queues.waitingData(queue, 5000)).map((data) => (data as { line: number }).line)
   t.equal(lines.length, 2000)
   t.ok(lines.every((line, i) => i === 0 || line > (lines[i - 1] as number)), 'in the order the queue holds them')
 
@@ -152,9 +153,9 @@ t.test('2,000 respond-async purchases: distinct places in arrival order, never r
   if (errors.length > 0) t.comment(`estimated_wait_ms error over ${errors.length} buyers: median ${errors[Math.floor(errors.length / 2)]} ms, p90 ${errors[Math.floor(errors.length * 0.9)]} ms`)
 })
 
-t.test('event streams: unknown is a JSON 404, decided sends only its outcome, a client that leaves leaves nothing behind', async (t) => {
+eachQueueBackend(t, 'event streams: unknown is a JSON 404, decided sends only its outcome, a client that leaves leaves nothing behind', async (t, backendEnv) => {
   // Idle sockets close after REQUEST_TIMEOUT_MS: a stream must outlive it.
-  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '100', REQUEST_TIMEOUT_MS: '1100' } })
+  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '100', REQUEST_TIMEOUT_MS: '1100', ...backendEnv } })
   const option = await createOption(app, 10)
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()

@@ -1,0 +1,64 @@
+/**
+ * Natural batching for one option's calls to the queue store: at most one
+ * call per option is in flight; requests that arrive meanwhile (or in the same
+ * turn of the event loop as the first) gather and go as the next call, in the
+ * order they arrived. Under load a sale then costs one round trip per batch,
+ * not per buyer, and the store sees one option's calls in the order the API
+ * made them, which keeps each option's line numbers and queue order the same
+ * on a store with a pool of connections (PostgreSQL) as on Redis's one.
+ */
+interface Waiting<T, R> {
+  item: T
+  resolve: (result: R) => void
+  reject: (err: unknown) => void
+}
+
+interface KeyState<T, R> {
+  waiting: Array<Waiting<T, R>>
+  sending: boolean
+}
+
+export class BatchedCalls<T, R> {
+  private readonly keys = new Map<string, KeyState<T, R>>()
+
+  /** `send` gets the gathered items of a key, oldest first, and returns one result per item, in order. */
+  constructor (private readonly send: (key: string, items: T[]) => Promise<R[]>) {}
+
+  async call (key: string, item: T): Promise<R> {
+    return await new Promise<R>((resolve, reject) => {
+      let state = this.keys.get(key)
+      if (state === undefined) {
+        state = { waiting: [], sending: false }
+        this.keys.set(key, state)
+      }
+      state.waiting.push({ item, resolve, reject })
+      // The first of a batch waits for the end of this turn, so the requests of the same turn join it.
+      if (!state.sending && state.waiting.length === 1) setImmediate(() => { this.flush(key) })
+    })
+  }
+
+  /** Keys with a call in flight or waiting (nothing is kept for an idle key). */
+  get size (): number {
+    return this.keys.size
+  }
+
+  private flush (key: string): void {
+    const state = this.keys.get(key)
+    if (state === undefined || state.sending) return
+    const batch = state.waiting
+    if (batch.length === 0) {
+      this.keys.delete(key)
+      return
+    }
+    state.waiting = []
+    state.sending = true
+    this.send(key, batch.map((w) => w.item)).then((results) => {
+      batch.forEach((w, i) => { w.resolve(results[i] as R) })
+    }, (err: unknown) => {
+      for (const w of batch) w.reject(err)
+    }).finally(() => {
+      state.sending = false
+      this.flush(key)
+    })
+  }
+}
