@@ -22,7 +22,7 @@ import { PostgresConnection, PostgresQueueBackend, Queue, runMigrations, Worker,
 import pg from 'pg'
 import type { Logger } from 'pino'
 import type { Config } from '../config'
-import type { DbClient } from '../db'
+import { withTransaction, type Db, type DbClient } from '../db'
 import { postgresAnswers } from '../health-checks'
 import { parseLineMessage, type AppliedMessage, type ApplyingMessage, type LineMessage } from '../purchases/purchase-outcomes'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
@@ -349,22 +349,14 @@ export function openPostgresQueueBackend (config: Config, log: Logger, role: Que
     // BullMQ's move_active_to_wait gives the job a new `seq`, the tail of the queue;
     // in the same transaction it is given one before every waiting job, the head.
     handBack: async (job, token) => {
-      const client = await bullmq.pool.connect()
-      let broken: Error | undefined
-      try {
-        await client.query('begin')
+      // BullMQ's pool: its sessions' search_path is the `bullmq` schema.
+      await withTransaction(bullmq.pool as unknown as Db, async (client) => {
         const { rows } = await client.query<{ n: string }>('select move_active_to_wait($1, $2, $3, $4) as n', [job.queueName, job.id, token, Date.now()])
         if (Number(rows[0]?.n) < 0) throw new Error(`job ${job.id ?? '?'} is gone from ${job.queueName}`)
         await client.query(`
           update job set seq = (select coalesce(min(seq), 0) - 1 from job where queue = $1 and state = 'waiting' and id <> $2)
            where queue = $1 and id = $2 and state = 'waiting'`, [job.queueName, job.id])
-        await client.query('commit')
-      } catch (err) {
-        await client.query('rollback').catch((rollbackErr: Error) => { broken = rollbackErr })
-        throw err
-      } finally {
-        client.release(broken !== undefined)
-      }
+      })
     },
     // One query each, on the partial index of waiting jobs; BullMQ's getJobs reads the ids,
     // then each job with a query of its own (100 per batch), and its getWaitingCount counts
