@@ -9,7 +9,7 @@
  * Switches (environment):
  *   BENCH_QUICK=1            one repetition, soak skipped (~1–2 min)
  *   BENCH_REPS=n             repetitions (default 3, quick 1)
- *   BENCH_SCENARIOS=a,b      subset of hot64,hot256,spread,mixed,latency,batch_off,soak
+ *   BENCH_SCENARIOS=a,b      subset of hot64,hot256,spread,mixed,realistic,latency,batch_off,soak
  *   BENCH_SOAK_SECONDS=n     soak length (default 60)
  *   BENCH_APIS / BENCH_WORKERS   process counts (default 1 each)
  *   BENCH_PROFILE=1          --cpu-prof on every server process, written to
@@ -33,7 +33,7 @@ const quick = env.BENCH_QUICK === '1' || process.argv.includes('--quick')
 const profile = env.BENCH_PROFILE === '1' || process.argv.includes('--profile')
 const reps = Number(env.BENCH_REPS ?? (quick || profile ? '1' : '3'))
 const soakSeconds = Number(env.BENCH_SOAK_SECONDS ?? '60')
-const defaultScenarios = profile ? ['hot256'] : ['hot64', 'hot256', 'spread', 'mixed', 'latency', 'batch_off', ...(quick ? [] : ['soak'])]
+const defaultScenarios = profile ? ['hot256'] : ['hot64', 'hot256', 'spread', 'mixed', 'realistic', 'latency', 'batch_off', ...(quick ? [] : ['soak'])]
 const selected = (env.BENCH_SCENARIOS ?? defaultScenarios.join(',')).split(',').map((s) => s.trim()).filter((s) => s !== '')
 const RESULTS_DIR = path.join(ROOT, 'bench', 'results')
 const resultsFile = path.join(RESULTS_DIR, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.jsonl`)

@@ -58,6 +58,10 @@ export interface Scenario {
   durationMs?: number
   options: number
   allocation: number
+  /** the allocation of option `o` when options differ (default: `allocation` for every one) */
+  allocationOf?: (o: number) => number
+  /** which option request `i` buys from (default: round-robin) */
+  optionOf?: (i: number) => number
   quantity: (i: number) => number
   /** every option is sold out at the end (demand exceeds allocation) */
   expectSoldOut: boolean
@@ -68,6 +72,20 @@ export const SCENARIOS: Record<string, Scenario> = {
   hot256: { name: 'hot256', description: 'one option, allocation 2000, 6000 × quantity 1, concurrency 256', concurrency: 256, total: 6000, options: 1, allocation: 2000, quantity: () => 1, expectSoldOut: true },
   spread: { name: 'spread', description: '50 options × allocation 40, 6000 × quantity 1 round-robin, concurrency 256', concurrency: 256, total: 6000, options: 50, allocation: 40, quantity: () => 1, expectSoldOut: true },
   mixed: { name: 'mixed', description: 'one option, allocation 2000, 6000 × quantity 1–4 (cycling), concurrency 256', concurrency: 256, total: 6000, options: 1, allocation: 2000, quantity: (i) => (i % 4) + 1, expectSoldOut: true },
+  // What a real on-sale looks like: one headline option and a tail of quiet ones.
+  realistic: {
+    name: 'realistic',
+    description: '1 hot option (allocation 2000) + 49 quiet (allocation 10), 6000 × quantity 1, 80 % on the hot one, concurrency 256',
+    concurrency: 256,
+    total: 6000,
+    options: 50,
+    allocation: 2000,
+    allocationOf: (o) => o === 0 ? 2000 : 10,
+    // 4 of every 5 requests on option 0; the fifth goes round the 49 others (about 24 each, so they sell out too).
+    optionOf: (i) => i % 5 === 4 ? 1 + (Math.floor(i / 5) % 49) : 0,
+    quantity: () => 1,
+    expectSoldOut: true,
+  },
   latency: { name: 'latency', description: 'one option, allocation 2000, 500 × quantity 1, sequential (concurrency 1)', concurrency: 1, total: 500, options: 1, allocation: 2000, quantity: () => 1, expectSoldOut: false },
 }
 
@@ -93,7 +111,8 @@ export interface RunFigures {
 async function createOptions (target: Target, scenario: Scenario): Promise<string[]> {
   const ids: string[] = []
   for (let i = 0; i < scenario.options; i++) {
-    const res = await call(target.urls[0] as string, 'POST', '/ticket_options', { name: `bench ${scenario.name} ${i}`, desc: 'bench', allocation: scenario.allocation })
+    const allocation = scenario.allocationOf?.(i) ?? scenario.allocation
+    const res = await call(target.urls[0] as string, 'POST', '/ticket_options', { name: `bench ${scenario.name} ${i}`, desc: 'bench', allocation })
     if (res.status !== 201) throw new Error(`${target.name}: could not create an option: ${res.status} ${JSON.stringify(res.body)}`)
     ids.push(res.body.id as string)
   }
@@ -113,7 +132,8 @@ async function settle (url: string, optionId: string, purchaseId: string, limitM
 
 export async function runScenario (target: Target, scenario: Scenario, onTick?: (elapsedMs: number) => void): Promise<RunFigures> {
   const optionIds = await createOptions(target, scenario)
-  const spec = (i: number): { optionId: string, quantity: number } => ({ optionId: optionIds[i % optionIds.length] as string, quantity: scenario.quantity(i) })
+  const optionOf = scenario.optionOf ?? ((i: number) => i % optionIds.length)
+  const spec = (i: number): { optionId: string, quantity: number } => ({ optionId: optionIds[optionOf(i)] as string, quantity: scenario.quantity(i) })
   let ticker: NodeJS.Timeout | undefined
   if (onTick !== undefined) {
     const started = Date.now()
