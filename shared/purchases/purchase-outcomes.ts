@@ -12,6 +12,7 @@
  * from Redis.
  */
 import type { Redis } from 'ioredis'
+import type { Logger } from 'pino'
 import { lineAppliedKey, purchaseOutcomesChannel } from '../queues/queue-names'
 import type { SaleOutcome } from './sale-store'
 
@@ -56,6 +57,23 @@ export async function publishApplied (redis: Redis, prefix: string, message: Omi
 /** Says a batch has started (best effort: a lost message only delays a position reading 0). */
 export async function publishApplying (redis: Redis, prefix: string, ticketOptionId: string, applyingLine: number): Promise<void> {
   await redis.publish(purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applying', ticketOptionId, applyingLine } satisfies ApplyingMessage))
+}
+
+/**
+ * What a subscription does with each raw message, on either queue backend:
+ * parse it, pass it on, and log (not throw) one that cannot be read.
+ */
+export function lineMessageReader (onMessage: (message: LineMessage) => void, log: Logger): (raw: string) => void {
+  return (raw) => {
+    let message: LineMessage | null
+    try {
+      message = parseLineMessage(raw)
+    } catch (err) {
+      log.warn({ err }, 'unreadable purchase outcome message')
+      return
+    }
+    if (message !== null) onMessage(message)
+  }
 }
 
 /** A message of the channel; a bare array is what workers of the first version published. */

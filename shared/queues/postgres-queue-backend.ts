@@ -24,7 +24,7 @@ import type { Logger } from 'pino'
 import type { Config } from '../config'
 import { withTransaction, type Db, type DbClient } from '../db'
 import { postgresAnswers } from '../health-checks'
-import { parseLineMessage, type AppliedMessage, type ApplyingMessage, type LineMessage } from '../purchases/purchase-outcomes'
+import { lineMessageReader, type AppliedMessage, type ApplyingMessage } from '../purchases/purchase-outcomes'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
 import { purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from './queue-names'
 
@@ -304,16 +304,7 @@ export function openPostgresQueueBackend (config: Config, log: Logger, role: Que
     subscribeWakeups: async (onWakeup) => { await listener.listen(wakeupChannel, onWakeup) },
 
     subscribeLineMessages: async (onMessage, onGap) => {
-      await listener.listen(outcomesChannel, (payload) => {
-        let message: LineMessage | null
-        try {
-          message = parseLineMessage(payload)
-        } catch (err) {
-          log.warn({ err }, 'unreadable purchase outcome message')
-          return
-        }
-        if (message !== null) onMessage(message)
-      }, onGap)
+      await listener.listen(outcomesChannel, lineMessageReader(onMessage, log), onGap)
     },
     // One statement: the applied line number and the notifications, delivered only if the batch commits.
     recordApplied: async (client: DbClient, message) => {

@@ -13,7 +13,7 @@ import { QueueKeys, Queue, Worker, type Processor } from 'bullmq'
 import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Config } from '../config'
-import { parseLineMessage, publishApplied, publishApplying } from '../purchases/purchase-outcomes'
+import { lineMessageReader, publishApplied, publishApplying } from '../purchases/purchase-outcomes'
 import { commandNeverSent, createProducerConnection, createWorkerConnection, waitUntilReady } from '../redis'
 import { redisAnswers } from '../health-checks'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
@@ -67,16 +67,7 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     subscribeWakeups: async (onWakeup) => { await subscribe(queueWakeupChannel(prefix), onWakeup) },
 
     subscribeLineMessages: async (onMessage, onGap) => {
-      await subscribe(purchaseOutcomesChannel(prefix), (raw) => {
-        let message
-        try {
-          message = parseLineMessage(raw)
-        } catch (err) {
-          log.warn({ err }, 'unreadable purchase outcome message')
-          return
-        }
-        if (message !== null) onMessage(message)
-      }, onGap)
+      await subscribe(purchaseOutcomesChannel(prefix), lineMessageReader(onMessage, log), onGap)
     },
     // Pub/sub is not transactional: Redis hears of a batch once it has committed.
     recordApplied: async () => {},
