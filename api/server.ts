@@ -3,11 +3,13 @@
  * SIGTERM/SIGINT (stop accepting, answer what is in flight, close queues and
  * pools, exit 0).
  */
+import './start-tracing' // first: it must load before what it instruments
 import closeWithGrace from 'close-with-grace'
 import { loadConfigOrExit } from '../shared/config'
 import { openDatabaseServer } from '../shared/embedded-postgres'
 import { createLogger } from '../shared/logger'
 import { stopWhenOrphaned } from '../shared/orphan'
+import { stopTracing } from '../shared/telemetry/tracing'
 import { buildApp } from './app'
 
 /** Longer than the purchase wait limit, so every request in flight gets its answer. */
@@ -23,6 +25,7 @@ async function main (): Promise<void> {
     else app.log.info({ signal }, 'api closing')
     await app.close()
     await database.stop()
+    await stopTracing() // last: the spans of the close go out too
   })
   stopWhenOrphaned()
   await app.listen({ port: config.port, host: config.host })

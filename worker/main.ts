@@ -4,6 +4,7 @@
  * On SIGTERM/SIGINT it finishes the purchase it is applying, takes no new
  * job, closes its connections in reverse order of opening and exits 0.
  */
+import './start-tracing' // first: it must load before what it instruments
 import closeWithGrace from 'close-with-grace'
 import type { Logger } from 'pino'
 import { loadConfigOrExit, type Config } from '../shared/config'
@@ -11,6 +12,7 @@ import { createPool } from '../shared/db'
 import { openDatabaseServer } from '../shared/embedded-postgres'
 import { createLogger } from '../shared/logger'
 import { stopWhenOrphaned } from '../shared/orphan'
+import { stopTracing } from '../shared/telemetry/tracing'
 import { openQueueBackend } from '../shared/queues/queue-backend'
 import { startHealthServer, type HealthServer } from './monitoring/health-server'
 import { startHoldSweeper } from './hold-expiry-sweeper'
@@ -29,6 +31,7 @@ export async function startWorker (config: Config, log: Logger): Promise<Running
   const db = createPool(config.databaseUrl, config.databasePoolSize, log)
   const backend = openQueueBackend(config, log, 'worker')
   const metrics = new WorkerMetrics()
+  metrics.watchDependencies(db, backend)
   // Up before the queues start, so a worker stuck waiting for its stores is live but not ready.
   let health: HealthServer
   try {
@@ -77,6 +80,7 @@ async function main (): Promise<void> {
     else log.info({ signal }, 'worker closing')
     await worker.close()
     await database.stop()
+    await stopTracing() // last: the spans of the close go out too
     log.info('worker closed')
   })
   stopWhenOrphaned()

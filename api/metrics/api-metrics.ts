@@ -9,7 +9,11 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { Logger } from 'pino'
 import type { PurchaseObserver } from '../purchasing/sale-service'
+import type { Db } from '../../shared/db'
+import { registerDependencyGauge } from '../../shared/dependency-gauge'
+import type { QueueStore } from '../../shared/health-checks'
 import { QUEUE_STATES, type QueueDepths } from './queue-depths'
+import { TICKET_STOCK_TOP, type TicketStock } from './ticket-stock'
 
 /** The route label of requests that matched no route: one label, whatever the URL, so labels stay bounded. */
 export const UNMATCHED_ROUTE = 'unmatched'
@@ -82,7 +86,21 @@ export class ApiMetrics implements PurchaseObserver {
     registers: [this.registry],
   })
 
+  readonly ticketOptionTickets = new Gauge({
+    name: 'ticket_option_tickets',
+    help: `Tickets of the ${TICKET_STOCK_TOP} options whose tickets moved most recently, by state: available, held, sold (read from PostgreSQL on scrape)`,
+    labelNames: ['ticket_option_id', 'state'] as const,
+    registers: [this.registry],
+  })
+
+  readonly ticketStockUp = new Gauge({
+    name: 'ticket_stock_up',
+    help: '1 when the last scrape read ticket_option_tickets from PostgreSQL in time, 0 when it failed (those series are then left out)',
+    registers: [this.registry],
+  })
+
   private queueDepths: QueueDepths | undefined
+  private ticketStock: TicketStock | undefined
   private log: Logger | undefined
 
   constructor () {
@@ -93,6 +111,17 @@ export class ApiMetrics implements PurchaseObserver {
   watchQueueDepths (queueDepths: QueueDepths, log: Logger): void {
     this.queueDepths = queueDepths
     this.log = log
+  }
+
+  /** Starts reporting the busiest options' tickets, read from PostgreSQL on each scrape. */
+  watchTicketStock (ticketStock: TicketStock, log: Logger): void {
+    this.ticketStock = ticketStock
+    this.log = log
+  }
+
+  /** Starts reporting `dependency_up`, checked on each scrape. */
+  watchDependencies (db: Db, queues: QueueStore): void {
+    registerDependencyGauge(this.registry, db, queues)
   }
 
   /** One answered request; `route` is the route pattern, or null when none matched. */
@@ -125,9 +154,24 @@ export class ApiMetrics implements PurchaseObserver {
     }
   }
 
+  private async readTicketStock (): Promise<void> {
+    if (this.ticketStock === undefined) return
+    // Options that left the top N must not linger as stale series.
+    this.ticketOptionTickets.reset()
+    try {
+      for (const stock of await this.ticketStock.read()) {
+        for (const state of ['available', 'held', 'sold'] as const) this.ticketOptionTickets.set({ ticket_option_id: stock.ticketOptionId, state }, stock[state])
+      }
+      this.ticketStockUp.set(1)
+    } catch (err) {
+      this.log?.warn({ err }, 'could not read the ticket stock for /metrics')
+      this.ticketStockUp.set(0)
+    }
+  }
+
   /** The Prometheus text exposition and its content type. */
   async exposition (): Promise<{ contentType: string, body: string }> {
-    await this.readQueueDepths()
+    await Promise.all([this.readQueueDepths(), this.readTicketStock()])
     return { contentType: this.registry.contentType, body: await this.registry.metrics() }
   }
 }

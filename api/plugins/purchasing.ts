@@ -20,6 +20,7 @@ import { OutcomeStreams } from '../purchasing/outcome-streams'
 import { QueueLine } from '../purchasing/queue-line'
 import { QUEUE_DEPTH_SCANNED, QUEUE_DEPTH_TIMEOUT_MS, QUEUE_DEPTH_TOP, QueueDepths } from '../metrics/queue-depths'
 import { startLedgerReconciler } from '../metrics/ledger-reconciler'
+import { TicketStock } from '../metrics/ticket-stock'
 import { SaleService } from '../purchasing/sale-service'
 
 declare module 'fastify' {
@@ -68,6 +69,8 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     onCount: (open) => { app.metrics.eventStreamsOpen.set(open) },
   })
   app.metrics.watchQueueDepths(new QueueDepths({ backend, scanned: QUEUE_DEPTH_SCANNED, top: QUEUE_DEPTH_TOP, timeoutMs: QUEUE_DEPTH_TIMEOUT_MS }), log)
+  app.metrics.watchTicketStock(new TicketStock(db), log)
+  app.metrics.watchDependencies(db, backend)
 
   app.decorate('db', db)
   app.decorate('queueBackend', backend)

@@ -6,11 +6,17 @@
  * not per buyer, and the store sees one option's calls in the order the API
  * made them, which keeps each option's line numbers and queue order the same
  * on a store with a pool of connections (PostgreSQL) as on Redis's one.
+ * A batch is sent in the async context of its first caller (not of whichever
+ * call came before it), so its trace span and logs belong to that request.
  */
+import { AsyncResource } from 'node:async_hooks'
+
 interface Waiting<T, R> {
   item: T
   resolve: (result: R) => void
   reject: (err: unknown) => void
+  /** set on the first of a batch: runs a function in that caller's async context */
+  inCallerContext?: (fn: () => void) => void
 }
 
 interface KeyState<T, R> {
@@ -31,7 +37,8 @@ export class BatchedCalls<T, R> {
         state = { waiting: [], sending: false }
         this.keys.set(key, state)
       }
-      state.waiting.push({ item, resolve, reject })
+      const first = state.waiting.length === 0
+      state.waiting.push(first ? { item, resolve, reject, inCallerContext: AsyncResource.bind((fn: () => void) => { fn() }) } : { item, resolve, reject })
       // The first of a batch waits for the end of this turn, so the requests of the same turn join it.
       if (!state.sending && state.waiting.length === 1) setImmediate(() => { this.flush(key) })
     })
@@ -52,13 +59,16 @@ export class BatchedCalls<T, R> {
     }
     state.waiting = []
     state.sending = true
-    this.send(key, batch.map((w) => w.item)).then((results) => {
-      batch.forEach((w, i) => { w.resolve(results[i] as R) })
-    }, (err: unknown) => {
-      for (const w of batch) w.reject(err)
-    }).finally(() => {
-      state.sending = false
-      this.flush(key)
+    const run = batch[0]?.inCallerContext ?? ((fn: () => void) => { fn() })
+    run(() => {
+      this.send(key, batch.map((w) => w.item)).then((results) => {
+        batch.forEach((w, i) => { w.resolve(results[i] as R) })
+      }, (err: unknown) => {
+        for (const w of batch) w.reject(err)
+      }).finally(() => {
+        state.sending = false
+        this.flush(key)
+      })
     })
   }
 }

@@ -9,6 +9,7 @@ import type { Logger } from 'pino'
 import { jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
+import { currentTraceContext } from '../../shared/telemetry/purchase-spans'
 import { BatchedCalls } from './batched-calls'
 
 // Touching the registry more often than this per option only repeats work;
@@ -25,6 +26,16 @@ interface OpenQueue {
 }
 
 export type JobState = 'pending' | 'unknown'
+
+/**
+ * The job id (`jobIdOf`: adding it twice queues it once) and, when traced,
+ * the request's own trace context for BullMQ's telemetry: in a bulk each job
+ * keeps its request's trace instead of the bulk's.
+ */
+function jobOptions (data: SaleRequest): { jobId: string, telemetry?: { metadata: string } } {
+  const jobId = jobIdOf(data)
+  return data.traceContext === undefined ? { jobId } : { jobId, telemetry: { metadata: data.traceContext } }
+}
 
 export class PurchaseQueues {
   private readonly open = new Map<string, OpenQueue>()
@@ -84,7 +95,9 @@ export class PurchaseQueues {
     const entry = this.get(data.ticketOptionId)
     await entry.ready
     await this.touch(entry, data.ticketOptionId)
-    await this.add(entry, data)
+    // Tracing on: the job carries this request's trace context, so the worker's spans join its trace.
+    const traceContext = currentTraceContext()
+    await this.add(entry, traceContext === undefined ? data : { ...data, traceContext })
   }
 
   /** Registers the option at most once a second; requests meanwhile wait for the touch in flight instead of each sending one. */
@@ -111,8 +124,8 @@ export class PurchaseQueues {
   private readonly adds = new BatchedCalls<{ queue: Queue, data: SaleRequest }, undefined>(async (_ticketOptionId, requests) => {
     const [first] = requests
     if (first === undefined) return []
-    if (requests.length === 1) await first.queue.add(PURCHASE_JOB_NAME, first.data, { jobId: jobIdOf(first.data) })
-    else await first.queue.addBulk(requests.map(({ data }) => ({ name: PURCHASE_JOB_NAME, data, opts: { jobId: jobIdOf(data) } })))
+    if (requests.length === 1) await first.queue.add(PURCHASE_JOB_NAME, first.data, jobOptions(first.data))
+    else await first.queue.addBulk(requests.map(({ data }) => ({ name: PURCHASE_JOB_NAME, data, opts: jobOptions(data) })))
     return requests.map(() => undefined)
   })
 

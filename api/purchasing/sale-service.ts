@@ -17,8 +17,9 @@ import {
   jobIdOf, type CancelRequest, type ConfirmRequest, type HoldRequest, type NewHold, type NewPurchase, type PurchaseRequest, type ReleaseRequest, type SaleRequest,
 } from '../../shared/purchases/sale-request'
 import {
-  findPurchase, findReservation, isChangeOutcome, NOT_QUEUED, voidUnqueued, type PurchaseRecord, type ReservationRecord, type SaleOutcome,
+  findPurchase, findReservation, isChangeOutcome, NOT_QUEUED, outcomeStatus, voidUnqueued, type PurchaseRecord, type ReservationRecord,
 } from '../../shared/purchases/sale-store'
+import { inSpan, PurchaseAttribute, PurchaseSpan, requestAttributes } from '../../shared/telemetry/purchase-spans'
 import { ticketOptionLimits, type TicketOptionLimits } from '../../shared/ticket-options'
 import { KnownOptions } from './known-options'
 import type { OutcomeWaiter } from './outcome-waiter'
@@ -185,24 +186,36 @@ export class SaleService {
    * reached Redis, or the add's own error when Redis may have stored the job.
    */
   private async addJob (request: SaleRequest): Promise<number> {
-    const { queues, backpressure, line } = this.deps
-    const slot = backpressure === undefined
-      ? undefined
-      : await this.readQueueCount(async () => await backpressure.reserve(request.ticketOptionId), request.ticketOptionId)
-    if (slot === null) throw new QueueFullError()
-    try {
-      // Its number in the option's line; nothing is queued when Redis cannot hand one out.
-      const ticket = await line.take(request.ticketOptionId).catch((err: unknown) => { throw new NothingQueuedError('no line number', { cause: err }) })
+    return await inSpan(PurchaseSpan.enqueue, () => requestAttributes(request), async (span) => {
+      const { queues, backpressure, line } = this.deps
+      const slot = backpressure === undefined
+        ? undefined
+        : await this.readQueueCount(async () => await backpressure.reserve(request.ticketOptionId), request.ticketOptionId)
+      if (slot === null) throw new QueueFullError()
       try {
-        await queues.enqueue({ ...request, line: ticket })
-      } catch (err) {
-        throw queues.neverSent(err) ? new NothingQueuedError('the add was never sent', { cause: err }) : err
+        // Its number in the option's line; nothing is queued when Redis cannot hand one out.
+        const ticket = await line.take(request.ticketOptionId).catch((err: unknown) => { throw new NothingQueuedError('no line number', { cause: err }) })
+        span?.setAttribute(PurchaseAttribute.line, ticket)
+        try {
+          await queues.enqueue({ ...request, line: ticket })
+        } catch (err) {
+          throw queues.neverSent(err) ? new NothingQueuedError('the add was never sent', { cause: err }) : err
+        }
+        slot?.keep()
+        return ticket
+      } finally {
+        slot?.release() // does nothing once kept
       }
-      slot?.keep()
-      return ticket
-    } finally {
-      slot?.release() // does nothing once kept
-    }
+    })
+  }
+
+  /** Awaits an outcome (`outcome` resolves null when none is known), traced as the request's `purchase wait` span. */
+  private async waitFor<R> (request: SaleRequest, outcome: () => Promise<R | null>, label: (known: R) => string): Promise<R | null> {
+    return await inSpan(PurchaseSpan.wait, () => requestAttributes(request), async (span) => {
+      const known = await outcome()
+      span?.setAttribute(PurchaseAttribute.outcome, known === null ? 'pending' : label(known))
+      return known
+    })
   }
 
   /** Where a queued request stands, or null when that cannot be read now (Redis). */
@@ -231,7 +244,9 @@ export class SaleService {
       wait?.cancel()
       return await this.notQueued(request, key, err)
     }
-    const record = wait === null ? null : (await wait.promise as T | null) ?? await find(this.deps.db, request.ticketOptionId, jobId)
+    const record = wait === null
+      ? null
+      : await this.waitFor(request, async () => (await wait.promise as T | null) ?? await find(this.deps.db, request.ticketOptionId, jobId), (r) => (r as { status: string }).status)
     if (record !== null) return this.answered({ kind: 'recorded', record }, request)
     return this.answered({ kind: 'pending', id: jobId, place: await this.placeOf(request.ticketOptionId, ticket) }, request)
   }
@@ -428,7 +443,7 @@ export class SaleService {
       this.deps.log.warn({ err, id: jobId }, 'could not enqueue')
       throw new ServiceUnavailableError('The purchase queue')
     }
-    const outcome: SaleOutcome | null = await wait.promise
+    const outcome = await this.waitFor(request, async () => await wait.promise, outcomeStatus)
     if (outcome === null || !isChangeOutcome(outcome)) return await settled()
     if (outcome.changed) return { kind: 'changed', reservation: outcome.reservation, purchase: outcome.purchase }
     // Another request changed it first (a concurrent retry, or the expiry): say where it stands.

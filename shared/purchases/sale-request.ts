@@ -25,6 +25,8 @@ const common = {
   enqueuedAt: Type.Integer({ minimum: 0 }),
   /** Its number in the option's line, handed out at enqueue (absent in jobs of older code): position = line - applied line - 1. */
   line: Type.Optional(Type.Integer({ minimum: 1 })),
+  /** The API's trace context (W3C headers as JSON), present only when tracing is on: the worker's spans join the request's trace (shared/telemetry/purchase-spans.ts). */
+  traceContext: Type.Optional(Type.String({ maxLength: 1000 })),
 }
 
 export const PurchaseRequestSchema = Type.Object({

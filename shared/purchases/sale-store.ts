@@ -74,6 +74,13 @@ export function isChangeOutcome (outcome: SaleOutcome): outcome is ChangeOutcome
   return 'changed' in outcome
 }
 
+/** A bounded label for an outcome (metrics, spans): a purchase's or hold's status, or what a change did. */
+export function outcomeStatus (outcome: SaleOutcome): string {
+  if (!isChangeOutcome(outcome)) return outcome.status
+  if (!outcome.changed) return 'unchanged'
+  return { confirm: 'confirmed', release: 'released', cancel: 'cancelled' }[outcome.kind]
+}
+
 const iso = (column: string): string => `to_char(${column} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`
 const PURCHASE_COLUMNS = `id, ticket_option_id, user_id, quantity, status, reason, available, used, reservation_id,
   ${iso('cancelled_at')} as cancelled_at, ${iso('created_at')} as created_at`

@@ -25,6 +25,7 @@ import type { Config } from '../config'
 import { withTransaction, type Db, type DbClient } from '../db'
 import { postgresAnswers } from '../health-checks'
 import { lineMessageReader, type AppliedMessage, type ApplyingMessage } from '../purchases/purchase-outcomes'
+import { queueTelemetry } from '../telemetry/purchase-spans'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
 import { purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from './queue-names'
 
@@ -273,10 +274,10 @@ export function openPostgresQueueBackend (config: Config, log: Logger, role: Que
 
     // The `connection` option goes unused: the factory hands every backend the shared connection.
     createQueue: (name: string, settings: QueueSettings = {}) =>
-      new Queue<any, any, string, any, any, string, PostgresQueueBackend, PostgresConnectionOptions>(name, { connection: config.databaseUrl, ...settings }, factory) as unknown as Queue,
+      new Queue<any, any, string, any, any, string, PostgresQueueBackend, PostgresConnectionOptions>(name, { connection: config.databaseUrl, telemetry: queueTelemetry(), ...settings }, factory) as unknown as Queue,
     createWorker: (name: string, processor: Processor, settings: WorkerSettings) => {
       widenListeners()
-      return new Worker<any, any, string, PostgresQueueBackend, any, PostgresConnectionOptions>(name, processor, { connection: config.databaseUrl, ...settings }, factory) as unknown as Worker
+      return new Worker<any, any, string, PostgresQueueBackend, any, PostgresConnectionOptions>(name, processor, { connection: config.databaseUrl, telemetry: queueTelemetry(), ...settings }, factory) as unknown as Worker
     },
 
     touchOption: async (ticketOptionId, now) => {

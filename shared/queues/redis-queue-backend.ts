@@ -16,6 +16,7 @@ import type { Config } from '../config'
 import { lineMessageReader, publishApplied, publishApplying } from '../purchases/purchase-outcomes'
 import { commandNeverSent, createProducerConnection, createWorkerConnection, waitUntilReady } from '../redis'
 import { redisAnswers } from '../health-checks'
+import { queueTelemetry } from '../telemetry/purchase-spans'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
 import { activeOptionsKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from './queue-names'
 import { listActiveOptions, releaseOption, touchOption } from './queue-registry'
@@ -53,8 +54,8 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     // An hour of completed jobs, at most 10,000 per queue (a sorted set: trimming is cheap).
     retention: { removeOnComplete: { age: 3600, count: 10_000 }, removeOnFail: { age: 7 * 24 * 3600 } },
 
-    createQueue: (name: string, settings: QueueSettings = {}) => new Queue(name, { connection, prefix, ...settings }),
-    createWorker: (name: string, processor: Processor, settings: WorkerSettings) => new Worker(name, processor, { connection, prefix, ...settings }),
+    createQueue: (name: string, settings: QueueSettings = {}) => new Queue(name, { connection, prefix, telemetry: queueTelemetry(), ...settings }),
+    createWorker: (name: string, processor: Processor, settings: WorkerSettings) => new Worker(name, processor, { connection, prefix, telemetry: queueTelemetry(), ...settings }),
 
     touchOption: async (ticketOptionId, now) => { await touchOption(connection, prefix, ticketOptionId, now) },
     listActiveOptions: async () => await listActiveOptions(connection, prefix),

@@ -37,3 +37,20 @@ t.test('a failed call rejects every caller of its batch, and the next batch stil
   t.same(failed.map((r) => r.status), ['rejected', 'rejected'])
   t.equal(await calls.call('k', 3), 3)
 })
+
+t.test('a batch is sent in the async context of its first caller, not of the batch before it', async (t) => {
+  const { AsyncLocalStorage } = await import('node:async_hooks')
+  const request = new AsyncLocalStorage<string>()
+  const sentIn: string[] = []
+  const calls = new BatchedCalls<number, number>(async (_key, items) => {
+    sentIn.push(request.getStore() ?? 'none')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    return items
+  })
+  const first = request.run('request 1', async () => await calls.call('a', 1))
+  await new Promise((resolve) => setTimeout(resolve, 5)) // request 1's batch is in flight
+  const second = request.run('request 2', async () => await calls.call('a', 2))
+  const third = request.run('request 3', async () => await calls.call('a', 3))
+  await Promise.all([first, second, third])
+  t.same(sentIn, ['request 1', 'request 2'], 'the second batch (2 and 3) runs in request 2\'s context')
+})

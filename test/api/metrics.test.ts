@@ -3,6 +3,8 @@ import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { ApiMetrics } from '../../api/metrics/api-metrics'
 import { QueueDepths } from '../../api/metrics/queue-depths'
+import { TICKET_STOCK_TOP, TicketStock } from '../../api/metrics/ticket-stock'
+import { createPool } from '../../shared/db'
 import { loadConfig } from '../../shared/config'
 import { openQueueBackend } from '../../shared/queues/queue-backend'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
@@ -75,6 +77,10 @@ t.test('API metrics move with traffic; the worker serves its own', async (t) => 
     t.equal(sample(after, 'purchase_queue_jobs', { ticket_option_id: optionId, state }), 0, `the option's queue has no ${state} job left`)
   }
 
+  t.equal(sample(after, 'ticket_stock_up'), 1)
+  t.same(['available', 'held', 'sold'].map((state) => sample(after, 'ticket_option_tickets', { ticket_option_id: optionId, state })), [0, 0, 3], 'the option sold out: 3 sold, none left')
+  t.equal(sample(after, 'dependency_up', { dependency: 'postgres' }), 1)
+
   const scraped = await fetch(`http://127.0.0.1:${worker?.healthPort ?? 0}/metrics`)
   t.equal(scraped.status, 200)
   t.match(scraped.headers.get('content-type'), /^text\/plain; version=0\.0\.4/)
@@ -86,6 +92,40 @@ t.test('API metrics move with traffic; the worker serves its own', async (t) => 
   t.equal(sample(workerText, 'worker_purchases_applied_total', { status: 'succeeded' }), 3)
   t.equal(sample(workerText, 'worker_purchases_applied_total', { status: 'rejected' }), 2)
   t.ok(sample(workerText, 'process_resident_memory_bytes') !== undefined, 'worker default metrics')
+  t.equal(sample(workerText, 'dependency_up', { dependency: 'postgres' }), 1, 'the worker checks its stores too')
+})
+
+t.test('the busiest options\' tickets: the most recently active ones, bounded', async (t) => {
+  const { app, sql } = await setUp(t)
+  const options = await Promise.all(Array.from({ length: TICKET_STOCK_TOP + 2 }, async (_, i) => await createOption(app, 10, `stock ${i}`)))
+  // Two options that sold long ago are not busy; the rest sold in the last minutes.
+  const [quiet1, quiet2, busy] = options as [string, string, string]
+  await sql.query("update ticket_options set updated_at = now() - interval '1 hour' where id = any($1::uuid[])", [[quiet1, quiet2]])
+  t.equal((await buy(app, busy, { quantity: 4 })).statusCode, 201)
+  const body = await scrape(app)
+  const labelled = new Set(samples(body, 'ticket_option_tickets').map((s) => s.labels.ticket_option_id))
+  t.equal(labelled.size, TICKET_STOCK_TOP, `only the ${TICKET_STOCK_TOP} most recently active options`)
+  t.notOk(labelled.has(quiet1) || labelled.has(quiet2), 'options quiet for an hour are left out')
+  t.same(['available', 'held', 'sold'].map((state) => sample(body, 'ticket_option_tickets', { ticket_option_id: busy, state })), [6, 0, 4])
+  t.equal(sample(body, 'dependency_up', { dependency: 'redis' }) ?? sample(body, 'dependency_up', { dependency: 'postgres' }), 1)
+})
+
+t.test('a PostgreSQL that cannot be reached: stock and postgres down, the rest served', async (t) => {
+  const db = createPool('postgres://nobody@127.0.0.1:1/none', 1, pino({ level: 'silent' }))
+  t.teardown(async () => { await db.end() })
+  const metrics = new ApiMetrics()
+  const lines: string[] = []
+  const log = pino({ level: 'warn' }, { write: (line: string) => { lines.push(line) } })
+  metrics.watchTicketStock(new TicketStock(db), log)
+  metrics.watchDependencies(db, { storeName: 'PostgreSQL', answers: async () => false })
+  metrics.purchaseAnswered('succeeded', Date.now() - 10)
+  const { body } = await metrics.exposition()
+  t.equal(sample(body, 'ticket_stock_up'), 0)
+  t.same(samples(body, 'ticket_option_tickets'), [], 'no stock series while unknown')
+  t.equal(sample(body, 'dependency_up', { dependency: 'postgres' }), 0)
+  t.same(samples(body, 'dependency_up').map((s) => s.labels.dependency), ['postgres'], 'queues on PostgreSQL: no redis series')
+  t.equal(sample(body, 'purchases_total', { outcome: 'succeeded' }), 1, 'the other metrics are still served')
+  t.match(lines.join(''), /could not read the ticket stock/)
 })
 
 /** Queues on a Redis at this port (a silent server); the database is never asked. */

@@ -2,12 +2,15 @@
  * The worker's Prometheus metrics, served at GET /metrics on its small HTTP
  * server (worker/monitoring/health-server.ts, WORKER_HEALTH_PORT). One Registry per
  * worker, not prom-client's global one, so tests that start several workers
- * in one process do not collide. Instruments are updated in memory only: no
- * Redis or PostgreSQL call is made for metrics.
+ * in one process do not collide. Instruments are updated in memory; the one
+ * call a scrape makes is the readiness check behind `dependency_up`.
  * Keep in sync with README.md "Metrics".
  * @see https://github.com/siimon/prom-client
  */
 import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client'
+import type { Db } from '../../shared/db'
+import { registerDependencyGauge } from '../../shared/dependency-gauge'
+import type { QueueStore } from '../../shared/health-checks'
 
 /** Seconds; a batch transaction takes a few ms, a slow one under load some hundreds. */
 const APPLY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
@@ -63,6 +66,11 @@ export class WorkerMetrics {
 
   constructor () {
     collectDefaultMetrics({ register: this.registry })
+  }
+
+  /** Starts reporting `dependency_up`, checked on each scrape. */
+  watchDependencies (db: Db, queues: QueueStore): void {
+    registerDependencyGauge(this.registry, db, queues)
   }
 
   /** A committed batch's requests: seconds from each one's enqueue to now. */

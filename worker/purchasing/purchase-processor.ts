@@ -23,7 +23,8 @@ import { isTransientDbError, withTransaction, type Db } from '../../shared/db'
 import { isSaleRequest, jobIdOf, lastLineOf, type SaleRequest } from '../../shared/purchases/sale-request'
 import type { AppliedMessage } from '../../shared/purchases/purchase-outcomes'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
-import { applySaleBatch, isChangeOutcome, rejectUnprocessable, UnknownTicketOptionError, type SaleOutcome } from '../../shared/purchases/sale-store'
+import { annotateActiveSpan, inTransactionSpan, PurchaseAttribute, requestAttributes, transactionCommitted } from '../../shared/telemetry/purchase-spans'
+import { applySaleBatch, outcomeStatus, rejectUnprocessable, UnknownTicketOptionError, type SaleOutcome } from '../../shared/purchases/sale-store'
 import type { WorkerMetrics } from '../monitoring/metrics'
 
 export interface PurchaseProcessorDeps {
@@ -137,19 +138,22 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
    * in the transaction on PostgreSQL); `requests` is called inside each try,
    * so a retry reads the queue again.
    */
-  async function applyBatch (ticketOptionId: string, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<Applied> {
-    return await retryingOutages(async () => {
+  async function applyBatch (held: SaleRequest, ticketOptionId: string, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<Applied> {
+    return await retryingOutages(async () => await inTransactionSpan(held, async (span) => {
       // Timed from BEGIN to COMMIT (the batch read from the queue overlaps with BEGIN).
       const began = process.hrtime.bigint()
+      const startTime = Date.now()
       const applied = await withTransaction(db, async (client) => {
         const batch = await requests()
         const message = appliedMessage(ticketOptionId, batch, await applySaleBatch(client, ticketOptionId, batch))
         await backend.recordApplied(client, message)
         return { batch, message }
       })
-      deps.metrics?.batchApplied(Number(process.hrtime.bigint() - began) / 1e9, applied.message.outcomes.map(outcomeStatus))
+      const statuses = applied.message.outcomes.map(outcomeStatus)
+      deps.metrics?.batchApplied(Number(process.hrtime.bigint() - began) / 1e9, statuses)
+      transactionCommitted(span, held, applied.batch, applied.message.outcomes.map((o, i) => ({ id: o.id, status: statuses[i] ?? 'unknown' })), startTime)
       return applied
-    }, jobLog)
+    }), jobLog)
   }
 
   /**
@@ -158,16 +162,16 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
    * one refused alone is recorded as rejected. `first()` is the batch's first
    * request in line: the held job itself, unless an older one waited behind it.
    */
-  async function decide (first: () => SaleRequest, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<Applied> {
+  async function decide (held: SaleRequest, first: () => SaleRequest, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<Applied> {
     try {
-      return await applyBatch(first().ticketOptionId, requests, jobLog)
+      return await applyBatch(held, first().ticketOptionId, requests, jobLog)
     } catch (err) {
       if (err instanceof HandBack || err instanceof UnknownTicketOptionError) throw err
       jobLog.error({ err }, 'PostgreSQL refused the batch; applying the purchase alone')
     }
     const head = first()
     try {
-      return await applyBatch(head.ticketOptionId, async () => [head], jobLog)
+      return await applyBatch(held, head.ticketOptionId, async () => [head], jobLog)
     } catch (err) {
       if (err instanceof HandBack || err instanceof UnknownTicketOptionError) throw err
       jobLog.error({ err }, 'PostgreSQL refused the purchase; recording it as rejected (unprocessable)')
@@ -200,6 +204,7 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     // Before the child logger: under load most jobs end here, and a pino child costs a serialization.
     const early = deps.recent.take(jobIdOf(data))
     if (early !== undefined) {
+      annotateActiveSpan(() => ({ ...requestAttributes(data), [PurchaseAttribute.outcome]: outcomeStatus(early), 'purchase.applied_in_earlier_batch': true }))
       // Debug only (one line per purchase is too many at info in a sale); keeps reqId so a purchase can be followed.
       if (log.isLevelEnabled('debug')) log.debug({ jobId: job.id, reqId: data.requestId, ticketOptionId: data.ticketOptionId, status: outcomeStatus(early) }, 'applied in an earlier batch')
       return early // applied and published with an earlier job's batch
@@ -225,7 +230,7 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     }
     let applied: Applied
     try {
-      applied = await decide(() => first, requests, jobLog)
+      applied = await decide(data, () => first, requests, jobLog)
     } catch (err) {
       if (err instanceof UnknownTicketOptionError) throw new UnrecoverableError(err.message)
       if (!(err instanceof HandBack) || token === undefined) throw err
@@ -248,6 +253,7 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     }
     // Only an older request, applied alone after its batch was refused: this one waits its turn again.
     if (own === undefined) return await handBack(job, token, jobLog, new Error('an older request was applied alone first'))
+    annotateActiveSpan(() => ({ ...requestAttributes(data), [PurchaseAttribute.outcome]: outcomeStatus(own), [PurchaseAttribute.batchSize]: outcomes.length }))
     if (jobLog.isLevelEnabled('debug')) {
       const kind = data.kind ?? 'purchase'
       jobLog.debug({ ...(kind === 'purchase' ? { purchaseId: own.id } : { id: own.id }), status: outcomeStatus(own), batch: outcomes.length }, `${kind} applied`)
@@ -264,11 +270,4 @@ interface Applied {
 
 function appliedMessage (ticketOptionId: string, batch: SaleRequest[], outcomes: SaleOutcome[]): Omit<AppliedMessage, 'type'> {
   return { ticketOptionId, appliedLine: lastLineOf(batch), count: batch.length, at: Date.now(), outcomes }
-}
-
-/** A bounded label for an outcome: a purchase's or hold's status, or what a change did. */
-export function outcomeStatus (outcome: SaleOutcome): string {
-  if (!isChangeOutcome(outcome)) return outcome.status
-  if (!outcome.changed) return 'unchanged'
-  return { confirm: 'confirmed', release: 'released', cancel: 'cancelled' }[outcome.kind]
 }
