@@ -4,12 +4,14 @@
  * databases and Redis prefix, runs every scenario against both, alternating,
  * BENCH_REPS times (default 3), checks correctness after each run, and prints
  * a table of medians plus one JSON line per scenario. Then: hot256 with the
- * worker's batching off (WORKER_BATCH_SIZE=1), and a 60 s soak watching RSS.
+ * worker's batching off (WORKER_BATCH_SIZE=1), hot256 and latency with
+ * tracing on (OTLP to a local sink, bench/trace-sink.ts) against the same runs
+ * with tracing off, and a 60 s soak watching RSS.
  *
  * Switches (environment):
  *   BENCH_QUICK=1            one repetition, soak skipped (~1–2 min)
  *   BENCH_REPS=n             repetitions (default 3, quick 1)
- *   BENCH_SCENARIOS=a,b      subset of hot64,hot256,spread,mixed,realistic,latency,batch_off,soak
+ *   BENCH_SCENARIOS=a,b      subset of hot64,hot256,spread,mixed,realistic,latency,batch_off,tracing,soak
  *   BENCH_SOAK_SECONDS=n     soak length (default 60)
  *   BENCH_APIS / BENCH_WORKERS   process counts (default 1 each)
  *   BENCH_PROFILE=1          --cpu-prof on every server process, written to
@@ -27,13 +29,16 @@ import { round } from './latency'
 import { summarizeProfiles } from './profile-summary'
 import { SCENARIOS, runScenario, soakScenario, type RunFigures, type Scenario, type Target } from './scenarios'
 import { PROFILE_DIR, ROOT, rssMiB, Stack } from './stack'
+import { startTraceSink } from './trace-sink'
 
 const env = process.env
 const quick = env.BENCH_QUICK === '1' || process.argv.includes('--quick')
 const profile = env.BENCH_PROFILE === '1' || process.argv.includes('--profile')
 const reps = Number(env.BENCH_REPS ?? (quick || profile ? '1' : '3'))
 const soakSeconds = Number(env.BENCH_SOAK_SECONDS ?? '60')
-const defaultScenarios = profile ? ['hot256'] : ['hot64', 'hot256', 'spread', 'mixed', 'realistic', 'latency', 'batch_off', ...(quick ? [] : ['soak'])]
+const defaultScenarios = profile ? ['hot256'] : ['hot64', 'hot256', 'spread', 'mixed', 'realistic', 'latency', 'batch_off', 'tracing', ...(quick ? [] : ['soak'])]
+/** Measured with tracing off and on (the `tracing` scenario). */
+const TRACING_SCENARIOS = ['hot256', 'latency']
 const selected = (env.BENCH_SCENARIOS ?? defaultScenarios.join(',')).split(',').map((s) => s.trim()).filter((s) => s !== '')
 const RESULTS_DIR = path.join(ROOT, 'bench', 'results')
 const resultsFile = path.join(RESULTS_DIR, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.jsonl`)
@@ -218,6 +223,59 @@ async function main (): Promise<void> {
         Object.entries(a.byStatus).map(([k, v]) => `${k}:${v}`).join(' '), Object.entries(b.byStatus).map(([k, v]) => `${k}:${v}`).join(' '),
         b.checksPassed ? 'pass' : 'FAIL'])
       emit({ scenario: 'batch_on_vs_off', description: 'ours, hot256, WORKER_BATCH_SIZE default vs 1', repetitions: reps, ratio, on: { ...a, runs: undefined }, off: { ...b, runs: undefined }, runs: off, checksPassed: b.checksPassed })
+    }
+
+    if (selected.includes('tracing')) {
+      // Tracing off is what every run above measured (no OTEL_* set: no SDK
+      // loaded). On: every API and worker exports its spans to a local sink,
+      // every purchase traced, then one in ten (the sampler operators would use).
+      const sink = await startTraceSink()
+      const measured = TRACING_SCENARIOS.filter((s) => SCENARIOS[s] !== undefined)
+      const variants: Array<{ name: string, env: Record<string, string>, runs: Map<string, RunFigures[]> }> = [
+        { name: 'off', env: {}, runs: new Map(measured.map((s) => [s, [...(runs.get(s)?.ours ?? [])]])) },
+        { name: 'on', env: { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url }, runs: new Map(measured.map((s) => [s, []])) },
+        { name: 'on 10%', env: { OTEL_EXPORTER_OTLP_ENDPOINT: sink.url, OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.1' }, runs: new Map(measured.map((s) => [s, []])) },
+      ]
+      for (const variant of variants) {
+        if (variant.name !== 'off') {
+          log(`tracing ${variant.name}: restarting ours with ${Object.entries(variant.env).map(([k, v]) => `${k}=${v}`).join(' ')}`)
+          ours.urls = await stack.restartOurs(variant.env, { ...workerEnv, ...variant.env })
+          await runScenario(ours, warm)
+        }
+        for (const s of measured) {
+          const done = variant.runs.get(s) ?? []
+          for (let rep = done.length; rep < reps; rep++) {
+            const r = await runScenario(ours, SCENARIOS[s] as Scenario)
+            if (variant.name !== 'off') r.scenario = `${s}-traced-${variant.name.replace(/\W+/g, '')}`
+            done.push(r)
+            log(describeRun(r))
+          }
+        }
+      }
+      const received = sink.received()
+      log(`tracing: the sink received ${received.exports} exports, ${round(received.bytes / 1024 / 1024, 1)} MiB`)
+      ours.urls = await stack.restartOurs({}, workerEnv)
+      await sink.close()
+      const cpu = (runsOf: RunFigures[]): number => round(median(runsOf.map((r) => r.cpuMsPerPurchase.servers)), 3)
+      for (const s of measured) {
+        const [off, ...ons] = variants.map((v) => ({ name: v.name, runs: v.runs.get(s) ?? [], figures: aggregate(v.runs.get(s) ?? []) }))
+        if (off === undefined) continue
+        for (const on of ons) {
+          if (!on.figures.checksPassed) failures.push(`tracing ${on.name} ${s}: ${on.runs.flatMap((x) => x.failures).join('; ')}`)
+          table.push([`${s} tracing off/${on.name}`, `${off.figures.purchasesPerSecond} (off)`, `${on.figures.purchasesPerSecond} (${on.name})`, `${round(on.figures.purchasesPerSecond / off.figures.purchasesPerSecond, 2)}× ${on.name}/off`,
+            `${off.figures.p50}/${off.figures.p95}/${off.figures.p99}/${off.figures.max} (off)`, `${on.figures.p50}/${on.figures.p95}/${on.figures.p99}/${on.figures.max} (${on.name})`,
+            `server CPU ${cpu(off.runs)} ms/purchase (off)`, `${cpu(on.runs)} ms/purchase (${on.name})`, on.figures.checksPassed ? 'pass' : 'FAIL'])
+        }
+        emit({
+          scenario: `tracing_${s}`,
+          description: `ours, ${s}: tracing off (no OTEL_*), on (OTLP to a local sink), on with 10 % sampled`,
+          repetitions: reps,
+          variants: Object.fromEntries([off, ...ons].map((v) => [v.name, { ...v.figures, runs: undefined, serverCpuMsPerPurchase: cpu(v.runs) }])),
+          exports: received,
+          runs: ons.flatMap((v) => v.runs),
+          checksPassed: ons.every((v) => v.figures.checksPassed),
+        })
+      }
     }
 
     if (selected.includes('soak')) {

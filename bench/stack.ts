@@ -176,9 +176,9 @@ export class Stack {
     throw new Error(`${proc.name} not ready after ${timeoutMs} ms:\n${proc.tail.join('\n')}`)
   }
 
-  private async startApi (i: number): Promise<Child & { url: string }> {
+  private async startApi (i: number, extra: Record<string, string> = {}): Promise<Child & { url: string }> {
     const port = await freePort()
-    const proc = this.spawn(`api${i}`, 'api/server.ts', this.ourEnv({ PORT: String(port) }), this.settings.profile)
+    const proc = this.spawn(`api${i}`, 'api/server.ts', this.ourEnv({ ...extra, PORT: String(port) }), this.settings.profile)
     const url = `http://127.0.0.1:${port}`
     await this.waitForHttp(proc, url)
     return { ...proc, url }
@@ -208,6 +208,16 @@ export class Stack {
     }
     const reply = await this.redis?.pubsub('NUMSUB', channel) as [string, number] | undefined
     return Number(reply?.[1] ?? 0)
+  }
+
+  /** Replaces every API and worker of ours with one started with `extra` env (e.g. OTEL_* for tracing); returns the APIs' new URLs. */
+  async restartOurs (apiExtra: Record<string, string>, workerExtra: Record<string, string>): Promise<string[]> {
+    const old = this.apis
+    this.apis = []
+    for (const a of old) await this.stop(a)
+    for (let i = 0; i < this.settings.apis; i++) this.apis.push(await this.startApi(i, apiExtra))
+    await this.restartWorkers(workerExtra)
+    return this.apis.map((a) => a.url)
   }
 
   /** Replaces every worker with one started with `extra` env (e.g. WORKER_BATCH_SIZE=1). */

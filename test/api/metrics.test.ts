@@ -10,28 +10,10 @@ import { openQueueBackend } from '../../shared/queues/queue-backend'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { buy, createOption, setUp } from '../support/app'
 import { eachQueueBackend } from '../support/environment'
+import { sample, samples } from '../support/prometheus-text'
 import { startSilentServer } from '../support/silent-server'
 
 const PURCHASE_ROUTE = '/ticket_options/:id/purchases'
-
-/** The value of the one sample of `name` whose labels include `labels`; undefined when none. */
-function sample (text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  const matching = samples(text, name).filter((s) => Object.entries(labels).every(([k, v]) => s.labels[k] === v))
-  if (matching.length > 1) throw new Error(`${matching.length} samples of ${name} match ${JSON.stringify(labels)}`)
-  return matching[0]?.value
-}
-
-function samples (text: string, name: string): Array<{ labels: Record<string, string>, value: number }> {
-  const found = []
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line)
-    if (m === null || m[1] !== name) continue
-    const labels: Record<string, string> = {}
-    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1] as string] = l[2] as string
-    found.push({ labels, value: Number(m[3]) })
-  }
-  return found
-}
 
 async function scrape (app: FastifyInstance): Promise<string> {
   const res = await app.inject({ method: 'GET', url: '/metrics' })
