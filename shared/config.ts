@@ -37,7 +37,9 @@ export const EnvSchema = Type.Object({
   DATABASE_POOL_SIZE: Int('10'),
   /** Redis connection string: set, the queues run on Redis (unless QUEUE_BACKEND says otherwise). */
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://' })),
-  /** Where the queues live: `redis` or `postgres`. Unset: Redis when REDIS_URL is set, PostgreSQL otherwise. */
+  /** A Redis Cluster, as seed nodes `host:port,host:port,…` (any of its nodes; the rest are discovered). Instead of REDIS_URL. */
+  REDIS_CLUSTER_NODES: Type.Optional(Type.String({ minLength: 1 })),
+  /** Where the queues live: `redis` or `postgres`. Unset: Redis when REDIS_URL or REDIS_CLUSTER_NODES is set, PostgreSQL otherwise. */
   QUEUE_BACKEND: Type.Optional(Type.Union([Type.Literal('redis'), Type.Literal('postgres')])),
   /** Prefix of every Redis key this service writes (BullMQ queues, registry, channels). No `:`. */
   QUEUE_PREFIX: Type.String({ pattern: '^[A-Za-z0-9_.{}-]{1,64}$', default: 'tickets' }),
@@ -105,6 +107,8 @@ export interface Config {
   readonly queueBackend: 'redis' | 'postgres'
   /** REDIS_URL, or the local default when QUEUE_BACKEND=redis names none */
   readonly redisUrl: string
+  /** REDIS_CLUSTER_NODES: the seed nodes of a Redis Cluster, used instead of redisUrl; null when not set */
+  readonly redisClusterNodes: readonly RedisNode[] | null
   readonly queuePrefix: string
   readonly logLevel: string
   readonly logPretty: boolean
@@ -130,6 +134,11 @@ export interface Config {
   readonly reconcileIntervalMs: number
   /** serve the example pages (examples/) */
   readonly examples: boolean
+}
+
+export interface RedisNode {
+  readonly host: string
+  readonly port: number
 }
 
 export interface EmbeddedPostgresSettings {
@@ -173,6 +182,21 @@ function dashboardCredentials (env: Env): DashboardCredentials | null {
     throw new ConfigError(`DASHBOARD_PASSWORD must be ${DASHBOARD_PASSWORD_MIN_LENGTH} to 200 characters long, got ${password.length}`)
   }
   return Object.freeze({ user, password })
+}
+
+/** `host:port,host:port,…`, every port 1 to 65535; exclusive with REDIS_URL (which one would be meant?). */
+function redisClusterNodes (env: Env): readonly RedisNode[] | null {
+  const raw = env.REDIS_CLUSTER_NODES
+  if (raw === undefined) return null
+  if (env.REDIS_URL !== undefined) throw new ConfigError('REDIS_CLUSTER_NODES and REDIS_URL are both set: set REDIS_URL for one Redis server, or REDIS_CLUSTER_NODES for a Redis Cluster')
+  const nodes = raw.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '').map((entry) => {
+    const m = /^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$/.exec(entry)
+    const port = Number(m?.[2])
+    if (m === null || port < 1 || port > 65535) throw new ConfigError(`REDIS_CLUSTER_NODES must be host:port pairs separated by commas, got ${JSON.stringify(entry)} in ${JSON.stringify(raw)}`)
+    return Object.freeze({ host: (m[1] as string).replace(/^\[|\]$/g, ''), port })
+  })
+  if (nodes.length === 0) throw new ConfigError(`REDIS_CLUSTER_NODES names no node: ${JSON.stringify(raw)}`)
+  return Object.freeze(nodes)
 }
 
 /** Margin between the purchase wait and the request timeout: the fallback read of PostgreSQL after a wait. */
@@ -255,8 +279,9 @@ export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl: env.DATABASE_URL ?? embeddedDatabaseUrl(embedded as EmbeddedPostgresSettings),
     embeddedPostgres: embedded,
     databasePoolSize: intIn(env, 'DATABASE_POOL_SIZE', 1, 1000),
-    queueBackend: env.QUEUE_BACKEND ?? (env.REDIS_URL === undefined ? 'postgres' : 'redis'),
+    queueBackend: env.QUEUE_BACKEND ?? (env.REDIS_URL === undefined && env.REDIS_CLUSTER_NODES === undefined ? 'postgres' : 'redis'),
     redisUrl: env.REDIS_URL ?? DEFAULT_REDIS_URL,
+    redisClusterNodes: redisClusterNodes(env),
     queuePrefix: env.QUEUE_PREFIX,
     logLevel: env.LOG_LEVEL,
     logPretty: env.LOG_PRETTY === undefined ? process.stdout.isTTY === true : env.LOG_PRETTY === 'true',

@@ -7,7 +7,7 @@
  * Keep in sync with API.md "Operator routes".
  */
 import type { QueryConfig } from 'pg'
-import type { Redis } from 'ioredis'
+import type { RedisClient } from './redis'
 import type { Db } from './db'
 
 /** How long one check may take before the dependency counts as down (ms). */
@@ -45,7 +45,7 @@ export async function postgresAnswers (db: Db, timeoutMs = HEALTH_CHECK_TIMEOUT_
   }
 }
 
-export async function redisAnswers (redis: Redis, timeoutMs = HEALTH_CHECK_TIMEOUT_MS): Promise<boolean> {
+export async function redisAnswers (redis: RedisClient, timeoutMs = HEALTH_CHECK_TIMEOUT_MS): Promise<boolean> {
   // A worker connection keeps an offline queue: a PING sent while it is
   // reconnecting would wait for Redis instead of failing, so ask its state first.
   if (redis.status !== 'ready') return false

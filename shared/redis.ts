@@ -1,11 +1,52 @@
 /**
- * Redis connections. The API fails fast (a Redis outage becomes a 503, no
- * request hangs); the worker waits and reconnects forever.
+ * Redis connections, to one server (REDIS_URL) or a Redis Cluster
+ * (REDIS_CLUSTER_NODES, an ioredis Cluster). The API fails fast (a Redis
+ * outage becomes a 503, no request hangs); the worker waits and reconnects
+ * forever. On a cluster, pub/sub is sharded (SPUBLISH/SSUBSCRIBE): a message
+ * goes to its channel's shard only, not to every node.
  * @see https://docs.bullmq.io/patterns/failing-fast-when-redis-is-down
  * @see https://docs.bullmq.io/guide/going-to-production
+ * @see https://docs.bullmq.io/guide/redis-cluster
  */
-import { Redis, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import type { Logger } from 'pino'
+import type { RedisNode } from './config'
+
+/** A connection to one Redis server or to a Redis Cluster. */
+export type RedisClient = Redis | Cluster
+
+/** Where Redis is: one server's URL, or a cluster's seed nodes. */
+export type RedisTarget = string | readonly RedisNode[]
+
+export function isCluster (redis: RedisClient): redis is Cluster {
+  return redis instanceof Cluster
+}
+
+/** Publishes on a channel: sharded on a cluster (only the channel's shard hears it), plain otherwise. */
+export async function publishMessage (redis: RedisClient, channel: string, message: string): Promise<void> {
+  if (isCluster(redis)) await redis.spublish(channel, message)
+  else await redis.publish(channel, message)
+}
+
+/** How long a cluster waits before retrying a command after MOVED/failover or CLUSTERDOWN (ms). */
+const CLUSTER_RETRY_DELAY_MS = 200
+
+function clusterOf (nodes: readonly RedisNode[], options: ClusterOptions, log: Logger, connectionName: string): Cluster {
+  const cluster = new Cluster(nodes.map((n) => ({ host: n.host, port: n.port })), {
+    clusterRetryStrategy: (times) => Math.min(times * 200, 2000),
+    retryDelayOnFailover: CLUSTER_RETRY_DELAY_MS,
+    retryDelayOnClusterDown: CLUSTER_RETRY_DELAY_MS,
+    retryDelayOnTryAgain: CLUSTER_RETRY_DELAY_MS,
+    // A failover moves slots: ask the cluster where they are now at least this often (ms).
+    slotsRefreshInterval: 5000,
+    slotsRefreshTimeout: 2000,
+    ...options,
+    redisOptions: { connectionName, ...options.redisOptions },
+  })
+  cluster.on('error', (err) => { log.warn({ err: { message: err.message, code: (err as { code?: string }).code } }, `redis cluster ${connectionName} error`) })
+  cluster.on('+node', (node: Redis) => { log.debug({ node: `${node.options.host ?? '?'}:${node.options.port ?? '?'}` }, `redis cluster ${connectionName} node added`) })
+  return cluster
+}
 
 const reconnect: RedisOptions['retryStrategy'] = (times) => Math.min(times * 200, 2000)
 
@@ -40,8 +81,15 @@ export function reconnectWhenStuck (redis: Redis, log: Logger, connectionName: s
 }
 
 /** For the API: commands fail at once while disconnected instead of queueing. */
-export function createProducerConnection (redisUrl: string, log: Logger, connectionName: string): Redis {
-  const redis = new Redis(redisUrl, {
+export function createProducerConnection (target: RedisTarget, log: Logger, connectionName: string): RedisClient {
+  if (typeof target !== 'string') {
+    return clusterOf(target, {
+      enableOfflineQueue: false,
+      enableAutoPipelining: true,
+      redisOptions: { maxRetriesPerRequest: 1, connectTimeout: 1000, commandTimeout: 2000 },
+    }, log, connectionName)
+  }
+  const redis = new Redis(target, {
     connectionName,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
@@ -58,9 +106,16 @@ export function createProducerConnection (redisUrl: string, log: Logger, connect
   return redis
 }
 
-/** For workers and subscribers: BullMQ requires maxRetriesPerRequest null for blocking commands. */
-export function createWorkerConnection (redisUrl: string, log: Logger, connectionName: string, readyWatchdogMs = READY_WATCHDOG_MS): Redis {
-  const redis = new Redis(redisUrl, {
+/**
+ * For workers and subscribers: BullMQ requires maxRetriesPerRequest null for
+ * blocking commands. A cluster subscriber (`sharded`) keeps one connection per
+ * master for SSUBSCRIBE.
+ */
+export function createWorkerConnection (target: RedisTarget, log: Logger, connectionName: string, readyWatchdogMs = READY_WATCHDOG_MS, sharded = false): RedisClient {
+  if (typeof target !== 'string') {
+    return clusterOf(target, { shardedSubscribers: sharded, redisOptions: { maxRetriesPerRequest: null } }, log, connectionName)
+  }
+  const redis = new Redis(target, {
     connectionName,
     maxRetriesPerRequest: null,
     enableReadyCheck: true,
@@ -72,7 +127,7 @@ export function createWorkerConnection (redisUrl: string, log: Logger, connectio
 }
 
 /** Resolves when the connection is ready, or rejects after `timeoutMs`. */
-export async function waitUntilReady (redis: Redis, timeoutMs: number): Promise<void> {
+export async function waitUntilReady (redis: RedisClient, timeoutMs: number): Promise<void> {
   if (redis.status === 'ready') return
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => { cleanup(); reject(new Error(`Redis not ready after ${timeoutMs} ms`)) }, timeoutMs)
@@ -88,5 +143,5 @@ export async function waitUntilReady (redis: Redis, timeoutMs: number): Promise<
  * Redis may have run the command and the reply been lost with the connection.
  */
 export function commandNeverSent (err: unknown): boolean {
-  return err instanceof Error && err.message.startsWith("Stream isn't writeable")
+  return err instanceof Error && (err.message.startsWith("Stream isn't writeable") || err.message.startsWith("Cluster isn't ready"))
 }

@@ -11,7 +11,7 @@
  * outcome from PostgreSQL before it answers 202, and the applied line number
  * from Redis.
  */
-import type { Redis } from 'ioredis'
+import { isCluster, publishMessage, type RedisClient } from '../redis'
 import type { Logger } from 'pino'
 import { lineAppliedKey, purchaseOutcomesChannel } from '../queues/queue-names'
 import type { SaleOutcome } from './sale-store'
@@ -44,8 +44,16 @@ if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
 return 0`
 
 /** Publishes a committed batch, and records its line number for APIs that missed the message. One round trip. */
-export async function publishApplied (redis: Redis, prefix: string, message: Omit<AppliedMessage, 'type'>): Promise<void> {
+export async function publishApplied (redis: RedisClient, prefix: string, message: Omit<AppliedMessage, 'type'>): Promise<void> {
   if (message.outcomes.length === 0) return
+  if (isCluster(redis)) {
+    // The option's line key and the sharded channel live in different slots: no pipeline across them.
+    await Promise.all([
+      message.appliedLine === null ? null : redis.eval(SET_IF_HIGHER, 1, lineAppliedKey(prefix, message.ticketOptionId), String(message.appliedLine)),
+      redis.spublish(purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applied', ...message })),
+    ])
+    return
+  }
   const pipeline = redis.pipeline()
   if (message.appliedLine !== null) pipeline.eval(SET_IF_HIGHER, 1, lineAppliedKey(prefix, message.ticketOptionId), String(message.appliedLine))
   pipeline.publish(purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applied', ...message }))
@@ -55,8 +63,8 @@ export async function publishApplied (redis: Redis, prefix: string, message: Omi
 }
 
 /** Says a batch has started (best effort: a lost message only delays a position reading 0). */
-export async function publishApplying (redis: Redis, prefix: string, ticketOptionId: string, applyingLine: number): Promise<void> {
-  await redis.publish(purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applying', ticketOptionId, applyingLine } satisfies ApplyingMessage))
+export async function publishApplying (redis: RedisClient, prefix: string, ticketOptionId: string, applyingLine: number): Promise<void> {
+  await publishMessage(redis, purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applying', ticketOptionId, applyingLine } satisfies ApplyingMessage))
 }
 
 /**

@@ -10,33 +10,47 @@
  * waits and reconnects (shared/redis.ts).
  */
 import { QueueKeys, Queue, Worker, type Processor } from 'bullmq'
-import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Config } from '../config'
 import { lineMessageReader, publishApplied, publishApplying } from '../purchases/purchase-outcomes'
-import { commandNeverSent, createProducerConnection, createWorkerConnection, waitUntilReady } from '../redis'
+import { commandNeverSent, createProducerConnection, createWorkerConnection, isCluster, waitUntilReady, type RedisClient, type RedisTarget } from '../redis'
 import { redisAnswers } from '../health-checks'
 import { queueTelemetry } from '../telemetry/purchase-spans'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
 import { activeOptionsKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from './queue-names'
 import { listActiveOptions, releaseOption, touchOption } from './queue-registry'
 
+/** REDIS_CLUSTER_NODES when set, else REDIS_URL. */
+export function redisTargetOf (config: Config): RedisTarget {
+  return config.redisClusterNodes ?? config.redisUrl
+}
+
 export function openRedisQueueBackend (config: Config, log: Logger, role: QueueBackendRole): QueueBackend {
   const prefix = config.queuePrefix
-  const connection: Redis = role === 'api'
-    ? createProducerConnection(config.redisUrl, log, `${prefix}-${role}`)
-    : createWorkerConnection(config.redisUrl, log, `${prefix}-${role}`)
+  const target = redisTargetOf(config)
+  const connection: RedisClient = role === 'api'
+    ? createProducerConnection(target, log, `${prefix}-${role}`)
+    : createWorkerConnection(target, log, `${prefix}-${role}`)
+  const cluster = isCluster(connection)
   // Opened on first subscription: a process that only enqueues needs none.
-  let subscriber: Redis | undefined
+  let subscriber: RedisClient | undefined
   const subscribed = new Map<string, (message: string) => void>()
   const subscribe = async (channel: string, onMessage: (message: string) => void, onGap?: () => void): Promise<void> => {
     if (subscriber === undefined) {
-      const s = createWorkerConnection(config.redisUrl, log, `${prefix}-${role}-subscriber`)
-      s.on('message', (from: string, message: string) => { subscribed.get(from)?.(message) })
+      const s = createWorkerConnection(target, log, `${prefix}-${role}-subscriber`, undefined, cluster)
+      // Sharded channels on a cluster: each message reaches its channel's shard only.
+      s.on(cluster ? 'smessage' : 'message', (from: string, message: string) => { subscribed.get(from)?.(message) })
       subscriber = s
     }
     const s = subscriber
     subscribed.set(channel, onMessage)
+    if (isCluster(s)) {
+      // ioredis moves sharded subscriptions to a shard's new master by itself; messages meanwhile are lost.
+      s.on('ready', () => { onGap?.() })
+      s.on('+node', () => { onGap?.() })
+      await s.ssubscribe(channel)
+      return
+    }
     // ioredis re-subscribes by itself after a reconnect, but only if the
     // connection it lost had subscribed; after a reconnect that failed midway
     // it may not know. Subscribing again on every ready is harmless.
@@ -90,23 +104,11 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
 
     // The lengths of BullMQ's own keys: one pipelined round trip of LLEN/ZCARD,
     // where Queue#getJobCounts would need a Queue object per option.
+    // On a cluster, one pipeline per option (its keys share its slot), all at once.
     queueCounts: async (ticketOptionIds) => {
       if (ticketOptionIds.length === 0) return []
-      const pipeline = connection.pipeline()
-      for (const id of ticketOptionIds) {
-        const name = purchaseQueueName(id)
-        pipeline.llen(keys.toKey(name, 'wait'))
-        pipeline.zcard(keys.toKey(name, 'prioritized'))
-        pipeline.llen(keys.toKey(name, 'active'))
-        pipeline.zcard(keys.toKey(name, 'delayed'))
-      }
-      const replies = (await pipeline.exec()) ?? []
-      const count = (i: number): number => {
-        const [err, value] = replies[i] ?? [new Error('no reply'), null]
-        if (err !== null) throw err
-        return Number(value)
-      }
-      return ticketOptionIds.map((_id, i): QueueCounts => ({ waiting: count(4 * i) + count(4 * i + 1), active: count(4 * i + 2), delayed: count(4 * i + 3) }))
+      const groups = cluster ? ticketOptionIds.map((id) => [id]) : [ticketOptionIds]
+      return (await Promise.all(groups.map(async (ids) => await countQueues(connection, keys, ids)))).flat()
     },
 
     answers: async (timeoutMs) => await redisAnswers(connection, timeoutMs),
@@ -118,4 +120,23 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
       await connection.quit().catch(() => { connection.disconnect() })
     },
   }
+}
+
+/** The lengths of BullMQ's own keys for these options, in one pipeline (one slot on a cluster). */
+async function countQueues (connection: RedisClient, keys: QueueKeys, ticketOptionIds: readonly string[]): Promise<QueueCounts[]> {
+  const pipeline = connection.pipeline()
+  for (const id of ticketOptionIds) {
+    const name = purchaseQueueName(id)
+    pipeline.llen(keys.toKey(name, 'wait'))
+    pipeline.zcard(keys.toKey(name, 'prioritized'))
+    pipeline.llen(keys.toKey(name, 'active'))
+    pipeline.zcard(keys.toKey(name, 'delayed'))
+  }
+  const replies = (await pipeline.exec()) ?? []
+  const count = (i: number): number => {
+    const [err, value] = replies[i] ?? [new Error('no reply'), null]
+    if (err !== null) throw err
+    return Number(value)
+  }
+  return ticketOptionIds.map((_id, i): QueueCounts => ({ waiting: count(4 * i) + count(4 * i + 1), active: count(4 * i + 2), delayed: count(4 * i + 3) }))
 }

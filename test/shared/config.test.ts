@@ -40,6 +40,18 @@ t.test('the queue backend: Redis when REDIS_URL is set, PostgreSQL otherwise, QU
   t.throws(() => loadConfig({ EMBEDDED_POSTGRES_PORT: '70000' }), /EMBEDDED_POSTGRES_PORT/)
 })
 
+t.test('REDIS_CLUSTER_NODES: a Redis Cluster instead of REDIS_URL', async (t) => {
+  const config = loadConfig({ REDIS_CLUSTER_NODES: 'redis-1:7000, redis-2:7001,10.0.0.3:7002,[::1]:7003' })
+  t.equal(config.queueBackend, 'redis', 'the queues go on it')
+  t.same(config.redisClusterNodes, [{ host: 'redis-1', port: 7000 }, { host: 'redis-2', port: 7001 }, { host: '10.0.0.3', port: 7002 }, { host: '::1', port: 7003 }])
+  t.equal(loadConfig({}).redisClusterNodes, null)
+  t.equal(loadConfig({ REDIS_CLUSTER_NODES: 'r:7000', QUEUE_BACKEND: 'postgres' }).queueBackend, 'postgres', 'QUEUE_BACKEND still decides')
+  t.throws(() => loadConfig({ REDIS_CLUSTER_NODES: 'r:7000', REDIS_URL: 'redis://r:6379' }), { name: 'ConfigError', message: /REDIS_CLUSTER_NODES and REDIS_URL are both set/ })
+  for (const bad of ['redis-1', 'redis-1:0', 'redis-1:70000', 'redis://r:7000', 'a:1,b', ' , ']) {
+    t.throws(() => loadConfig({ REDIS_CLUSTER_NODES: bad }), { name: 'ConfigError', message: /^REDIS_CLUSTER_NODES / }, `refused: ${JSON.stringify(bad)}`)
+  }
+})
+
 t.test('the hardening settings: body deadline, proxies; holds and ledger schedules', async (t) => {
   const defaults = loadConfig({})
   t.equal(defaults.bodyTimeoutMs, 10_000)

@@ -107,6 +107,8 @@ export async function createTestEnvironment (t: Teardown, overrides: Record<stri
     HOST: '127.0.0.1',
     ...overrides,
   }
+  // A test on a Redis Cluster (its own, torn down with it) names no single server.
+  if (overrides.REDIS_CLUSTER_NODES !== undefined) delete env.REDIS_URL
   const config = loadConfig(env)
   let queues: QueueBackend | undefined
   const openQueues = (): QueueBackend => {
