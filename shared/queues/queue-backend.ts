@@ -23,7 +23,8 @@ export function openQueueBackend (config: Config, log: Logger, role: QueueBacken
   const backend = config.queueBackend === 'postgres'
     ? openPostgresQueueBackend(config, log, role)
     : openRedisQueueBackend(config, log, role)
-  log.info({ queueBackend: backend.kind, role }, `queues on ${backend.storeName}`)
+  const cluster = backend.kind === 'redis' && config.redisClusterNodes !== null
+  log.info({ queueBackend: backend.kind, role, ...(cluster ? { redisClusterNodes: config.redisClusterNodes?.length } : {}) }, `queues on ${backend.storeName}${cluster ? ' Cluster' : ''}`)
   return backend
 }
 

@@ -10,7 +10,7 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
-import { activeOptionsKey, purchaseOutcomesChannel, queueWakeupChannel } from '../../shared/queues/queue-names'
+import { activeOptionsKey, purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from '../../shared/queues/queue-names'
 import { buy, createOption, setUp, startTestWorker, TEST_USER } from '../support/app'
 import { createTestEnvironment, unbalancedOptions } from '../support/environment'
 import { callJson, countByStatus, runPurchases, type PurchaseSpec } from '../support/load'
@@ -47,7 +47,7 @@ async function status (app: FastifyInstance, optionId: string, purchaseId: strin
 }
 
 t.test('the core routes on a Redis Cluster', async (t) => {
-  const { app, config } = await setUp(t, { env: { REDIS_CLUSTER_NODES: cluster.seeds } })
+  const { app, config } = await setUp(t, { env: { REDIS_CLUSTER_NODES: cluster.seeds, DASHBOARD_USER: 'operator', DASHBOARD_PASSWORD: 'cluster-dashboard-pw' } })
   t.equal(config.queueBackend, 'redis', 'REDIS_CLUSTER_NODES alone puts the queues on Redis')
   t.equal(config.redisClusterNodes?.length, 6)
   const optionId = await createOption(app, 3)
@@ -80,6 +80,14 @@ t.test('the core routes on a Redis Cluster', async (t) => {
     t.ok(await shardSubscribers(channel, 'SHARDNUMSUB') >= 1, `${channel}: a sharded subscription`)
     t.equal(await shardSubscribers(channel, 'NUMSUB'), 0, `${channel}: no classic (broadcast) subscription`)
   }
+
+  // The dashboard lists the option's queue from the cluster, with its completed jobs.
+  const auth = { authorization: `Basic ${Buffer.from('operator:cluster-dashboard-pw').toString('base64')}` }
+  const listed = await waitFor(async () => {
+    const res = await app.inject({ method: 'GET', url: '/admin/queues/api/queues', headers: auth })
+    return (res.json() as { queues?: Array<{ name: string, counts: Record<string, number> }> }).queues?.find((q) => q.name === purchaseQueueName(optionId))
+  }, (q) => q !== undefined, 5000, 200)
+  t.equal(listed?.counts.completed, 4, 'the dashboard reads the option\'s queue on the cluster')
 
   const line = await app.inject({ method: 'GET', url: `/ticket_options/${optionId}/queue` })
   t.equal(line.statusCode, 200)
@@ -125,7 +133,8 @@ t.test('2 APIs and 2 workers on a cluster, 600 buyers at once', async (t) => {
   const environment = await createTestEnvironment(t, { REDIS_CLUSTER_NODES: cluster.seeds, PURCHASE_WAIT_MS: '30000', DATABASE_POOL_SIZE: '5' })
   const { env, sql } = environment
   const apis = await Promise.all([startProcess(t, 'api', env), startProcess(t, 'api', env)])
-  await Promise.all([startProcess(t, 'worker', env), startProcess(t, 'worker', env)])
+  const workers = await Promise.all([startProcess(t, 'worker', env), startProcess(t, 'worker', env)])
+  t.ok(apis[0]?.output.some((line) => line.includes('queues on Redis Cluster')), 'the process says its queues are on a Redis Cluster')
   const urls = apis.map((a) => a.url)
   const created = await Promise.all([150, 250].map(async (allocation) => await callJson(urls[0] as string, 'POST', '/ticket_options', { name: `cluster ${allocation}`, allocation })))
   const [a, b] = created.map((c) => c.body.id as string) as [string, string]
@@ -139,6 +148,10 @@ t.test('2 APIs and 2 workers on a cluster, 600 buyers at once', async (t) => {
   const { rows } = await sql.query("select count(*)::int as n from purchases where id = any($1::uuid[]) and status = 'succeeded'", [sold])
   t.equal(rows[0].n, 400, 'every 201 is committed')
   t.same(await unbalancedOptions(sql), [])
+
+  // Graceful shutdown on a cluster: SIGTERM, every process closes its cluster connections and exits 0.
+  for (const proc of [...apis, ...workers]) proc.child.kill('SIGTERM')
+  t.same(await Promise.all([...apis, ...workers].map(async (p) => await p.exited)), [0, 0, 0, 0], 'APIs and workers exit 0 on SIGTERM')
 })
 
 /** The master that serves an option's queue now (the slot of its hash tag). */

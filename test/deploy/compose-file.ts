@@ -11,6 +11,8 @@ import { ROOT } from '../support/processes'
 export const COMPOSE_FILE = path.join(ROOT, 'docker-compose.yml')
 /** The override that runs the stack without Redis (queues on PostgreSQL). */
 export const NO_REDIS_FILE = path.join(ROOT, 'docker-compose.no-redis.yml')
+/** The override that runs the stack on a small Redis Cluster. */
+export const REDIS_CLUSTER_FILE = path.join(ROOT, 'docker-compose.redis-cluster.yml')
 export const DOCKERFILE = path.join(ROOT, 'Dockerfile')
 
 export interface ComposeService {

@@ -9,7 +9,7 @@
  * schema/compose-spec.json at commit 00655e2222608fa6eaecdf12ac5195889ca2244a
  * (draft-07, `$id: compose_spec.json`). Update it by copying a newer one over.
  */
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -24,7 +24,7 @@ import { WORKER_SHUTDOWN_BUDGET_MS } from '../../worker/main'
 import { ADMIN_DATABASE_URL, createTestEnvironment, randomSuffix, unbalancedOptions, type Teardown, type TestEnvironment } from '../support/environment'
 import { ROOT, startProcess, type ServiceProcess } from '../support/processes'
 import { freePort } from '../support/free-port'
-import { commandWords, durationMs, interpolateDeep, mergeCompose, NO_REDIS_FILE, readCompose, readComposeRaw, readDockerfile, serviceEnvironment, type ComposeFile } from './compose-file'
+import { commandWords, durationMs, interpolateDeep, mergeCompose, NO_REDIS_FILE, readCompose, readComposeRaw, readDockerfile, REDIS_CLUSTER_FILE, serviceEnvironment, type ComposeFile } from './compose-file'
 
 const APP_SERVICES = ['migrate', 'api', 'worker'] as const
 const USER_ID = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
@@ -131,6 +131,36 @@ t.test('docker-compose.no-redis.yml runs the stack with its queues on PostgreSQL
   }
   t.same(merged.services.migrate?.depends_on, { postgres: { condition: 'service_healthy' } })
   t.equal(readCompose().services.api?.depends_on?.redis?.required, undefined, 'the main file still needs Redis')
+})
+
+t.test('docker-compose.redis-cluster.yml runs the stack on a 6-node Redis Cluster', async (t) => {
+  const validate = compileComposeSchema()
+  const raw = mergeCompose(readComposeRaw(), readComposeRaw(REDIS_CLUSTER_FILE)) as ComposeFile
+  t.ok(validate(raw), 'the merged file is valid against the Compose Specification')
+  const merged = interpolateDeep(raw, {}) as ComposeFile
+  t.same(merged.services.redis?.profiles, ['redis'], 'the single Redis is not started')
+  const nodes = Object.keys(merged.services).filter((name) => /^redis-node-\d$/.test(name))
+  t.equal(nodes.length, 6, 'six nodes: 3 masters, 3 replicas')
+  for (const name of nodes) {
+    const command = commandWords(merged.services[name]?.command ?? []).join(' ')
+    t.match(command, /--cluster-enabled yes/, `${name}: cluster mode`)
+    t.match(command, /--appendonly yes.*--maxmemory-policy noeviction/, `${name}: AOF on, never evicts`)
+    t.ok(merged.services[name]?.volumes?.some((v) => v.startsWith(`${name}-data:`)), `${name}: data on its own volume`)
+  }
+  const init = merged.services['redis-cluster-init']
+  t.same(Object.keys(init?.depends_on ?? {}).sort(), [...nodes].sort(), 'the cluster is formed once every node is up')
+  const script = commandWords(init?.command ?? []).join('\n')
+  t.match(script, /redis-cli --cluster create \$nodes --cluster-replicas 1 --cluster-yes/)
+  t.equal(spawnSync('sh', ['-n', '-c', script]).status, 0, 'the init script is valid sh after interpolation ($$ is $)')
+  for (const name of APP_SERVICES) {
+    const config = loadConfig(serviceEnvironment(merged, name))
+    t.equal(config.queueBackend, 'redis', `${name}: queues on Redis`)
+    t.same(config.redisClusterNodes?.map((n) => n.host), nodes, `${name}: REDIS_CLUSTER_NODES names the nodes`)
+  }
+  for (const name of ['api', 'worker']) {
+    t.same(merged.services[name]?.depends_on?.['redis-cluster-init'], { condition: 'service_completed_successfully' }, `${name} waits for the cluster`)
+    t.equal(merged.services[name]?.depends_on?.redis?.required, false, `${name} does not wait for the single Redis`)
+  }
 })
 
 t.test('the compose stack is what the service needs', async (t) => {
