@@ -11,7 +11,7 @@
  * Switches (environment):
  *   BENCH_QUICK=1            one repetition, soak skipped (~1–2 min)
  *   BENCH_REPS=n             repetitions (default 3, quick 1)
- *   BENCH_SCENARIOS=a,b      subset of hot64,hot256,spread,mixed,realistic,latency,batch_off,tracing,soak
+ *   BENCH_SCENARIOS=a,b      subset of hot64,hot256,spread,mixed,realistic,latency,batch_off,tracing,sweep,ops,memory,soak
  *   BENCH_SOAK_SECONDS=n     soak length (default 60)
  *   BENCH_APIS / BENCH_WORKERS   process counts (default 1 each)
  *   BENCH_PROFILE=1          --cpu-prof on every server process, written to
@@ -27,18 +27,26 @@ import { cpus } from 'node:os'
 import path from 'node:path'
 import { round } from './latency'
 import { summarizeProfiles } from './profile-summary'
-import { SCENARIOS, runScenario, soakScenario, type RunFigures, type Scenario, type Target } from './scenarios'
+import { PG_STATS_FLUSH_MS, SCENARIOS, runScenario, soakScenario, type RunFigures, type Scenario, type Target } from './scenarios'
 import { PROFILE_DIR, ROOT, rssMiB, Stack } from './stack'
 import { startTraceSink } from './trace-sink'
+import { callJson as call, runPurchases } from '../test/support/load'
+import { sleep } from '../test/support/wait'
 
 const env = process.env
 const quick = env.BENCH_QUICK === '1' || process.argv.includes('--quick')
 const profile = env.BENCH_PROFILE === '1' || process.argv.includes('--profile')
 const reps = Number(env.BENCH_REPS ?? (quick || profile ? '1' : '3'))
 const soakSeconds = Number(env.BENCH_SOAK_SECONDS ?? '60')
-const defaultScenarios = profile ? ['hot256'] : ['hot64', 'hot256', 'spread', 'mixed', 'realistic', 'latency', 'batch_off', 'tracing', ...(quick ? [] : ['soak'])]
+const defaultScenarios = profile ? ['hot256'] : ['hot64', 'hot256', 'spread', 'mixed', 'realistic', 'latency', 'batch_off', 'tracing', 'sweep', 'ops', 'memory', ...(quick ? [] : ['soak'])]
 /** Measured with tracing off and on (the `tracing` scenario). */
 const TRACING_SCENARIOS = ['hot256', 'latency']
+/** Scenarios whose store operations per purchase the `ops` scenario counts. */
+const OPS_SCENARIOS = ['hot256', 'spread', 'latency']
+/** Jobs of the `memory` scenario. */
+const MEMORY_JOBS = 5000
+/** [APIs, workers] of the replica sweep on `spread` (the `sweep` scenario). */
+const SWEEP: Array<[number, number]> = [[1, 1], [1, 2], [1, 4], [2, 1], [2, 2], [2, 4]]
 const selected = (env.BENCH_SCENARIOS ?? defaultScenarios.join(',')).split(',').map((s) => s.trim()).filter((s) => s !== '')
 const RESULTS_DIR = path.join(ROOT, 'bench', 'results')
 const resultsFile = path.join(RESULTS_DIR, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.jsonl`)
@@ -105,7 +113,8 @@ function describeRun (r: RunFigures): string {
   const checks = r.failures.length === 0 ? 'checks ok' : `CHECKS FAILED: ${r.failures.join(', ')}`
   const cpu = r.cpuMsPerPurchase
   return `  ${r.target.padEnd(9)} ${r.scenario.padEnd(8)} ${String(r.purchasesPerSecond).padStart(8)}/s  p50 ${r.latencyMs.p50} p99 ${r.latencyMs.p99} max ${r.latencyMs.max} ms  [${statuses}]  ` +
-    `cpu ms/purchase: ${Object.entries(cpu.byRole).map(([k, v]) => `${k} ${v}`).join(' ')} pg ${cpu.postgres} redis ${cpu.redis} loadgen ${cpu.loadGenerator}  ${checks}`
+    `cpu ms/purchase: ${Object.entries(cpu.byRole).map(([k, v]) => `${k} ${v}`).join(' ')} pg ${cpu.postgres} redis ${cpu.redis} loadgen ${cpu.loadGenerator}  ` +
+    `ops/purchase: redis ${r.opsPerPurchase.redisCommands} pg tx ${r.opsPerPurchase.pgTransactions} rows written ${r.opsPerPurchase.pgRowsWritten}  ${checks}`
 }
 
 async function main (): Promise<void> {
@@ -144,6 +153,8 @@ async function main (): Promise<void> {
       sql: stack.oursSql,
       database: stack.oursDb,
       pids: () => ({ api: stack.apis.map((p) => p.child.pid ?? 0), worker: stack.workers.map((p) => p.child.pid ?? 0) }),
+      // INFO commandstats is server-wide: only ours counts it (the reference uses no Redis).
+      redis: stack.settings.queueBackend === 'redis' ? stack.redis : undefined,
     }
     const reference: Target = { name: 'reference', urls: [stack.reference?.url as string], sql: stack.refSql, database: stack.refDb, pids: () => ({ reference: [stack.reference?.child.pid ?? 0] }) }
 
@@ -276,6 +287,111 @@ async function main (): Promise<void> {
           checksPassed: ons.every((v) => v.figures.checksPassed),
         })
       }
+    }
+
+    if (selected.includes('sweep')) {
+      // Replicas on `spread`: what one more worker or API buys, and what each
+      // process and store spends per purchase (the capacity plan's inputs).
+      const spreadRef = runs.get('spread')?.reference ?? []
+      if (spreadRef.length === 0) {
+        for (let rep = 0; rep < reps; rep++) {
+          const r = await runScenario(reference, SCENARIOS.spread as Scenario)
+          spreadRef.push(r)
+          log(describeRun(r))
+        }
+      }
+      const refRate = aggregate(spreadRef).purchasesPerSecond
+      for (const [apis, workers] of SWEEP) {
+        log(`sweep: ${apis} API(s), ${workers} worker(s)`)
+        ours.urls = await stack.resize(apis, workers, {}, workerEnv)
+        await runScenario(ours, warm)
+        const sweepRuns: RunFigures[] = []
+        for (let rep = 0; rep < reps; rep++) {
+          // PostgreSQL's counts need a 22 s wait (scenarios.ts PG_STATS_FLUSH_MS): the first repetition only.
+          const r = await runScenario(ours, SCENARIOS.spread as Scenario, undefined, rep === 0)
+          r.scenario = `spread-${apis}a${workers}w`
+          sweepRuns.push(r)
+          log(describeRun(r))
+        }
+        // Redis connections now, while every option's Worker is still open (each holds a blocking connection).
+        const clients = Number(/connected_clients:(\d+)/.exec(await stack.redis?.info('clients') ?? '')?.[1] ?? -1)
+        const a = aggregate(sweepRuns)
+        const med = (pick: (r: RunFigures) => number, digits = 3): number => round(median(sweepRuns.map(pick)), digits)
+        const perProcess = {
+          api: med((r) => (r.cpuMsPerPurchase.byRole.api ?? 0)),
+          worker: med((r) => (r.cpuMsPerPurchase.byRole.worker ?? 0)),
+          postgres: med((r) => r.cpuMsPerPurchase.postgres),
+          redis: med((r) => r.cpuMsPerPurchase.redis),
+        }
+        const counted = sweepRuns[0]?.opsPerPurchase
+        const ops = {
+          redisCommands: med((r) => r.opsPerPurchase.redisCommands, 2),
+          pgTransactions: counted?.pgTransactions ?? -1,
+          pgRowsWritten: counted?.pgRowsWritten ?? -1,
+        }
+        if (!a.checksPassed) failures.push(`sweep ${apis}a${workers}w: ${sweepRuns.flatMap((x) => x.failures).join('; ')}`)
+        table.push([`spread, ${apis} API + ${workers} worker${workers > 1 ? 's' : ''}`, String(a.purchasesPerSecond), String(refRate), `${round(a.purchasesPerSecond / refRate, 2)}×`,
+          `${a.p50}/${a.p95}/${a.p99}/${a.max}`, '',
+          `CPU ms/purchase: api ${perProcess.api} worker ${perProcess.worker} pg ${perProcess.postgres} redis ${perProcess.redis}`,
+          `ops/purchase: redis ${ops.redisCommands}, pg tx ${ops.pgTransactions}, pg rows written ${ops.pgRowsWritten}; redis clients ${clients}`,
+          a.checksPassed ? 'pass' : 'FAIL'])
+        emit({ scenario: 'sweep', apis, workers, description: `ours, spread, ${apis} API(s) and ${workers} worker(s); CPU per purchase summed over the processes of each kind`, repetitions: reps, ours: { ...a, runs: undefined }, referencePerSecond: refRate, cpuMsPerPurchase: perProcess, opsPerPurchase: ops, redisConnectedClients: clients, redisByCommand: sweepRuns[0]?.opsPerPurchase.redisByCommand, runs: sweepRuns, checksPassed: a.checksPassed })
+      }
+      ours.urls = await stack.resize(stack.settings.apis, stack.settings.workers, {}, workerEnv)
+    }
+
+    if (selected.includes('ops')) {
+      // Store operations per purchase, ours and the reference, one run each
+      // with PostgreSQL's statistics waited for (the capacity plan's inputs).
+      for (const name of OPS_SCENARIOS) {
+        const measured: Record<string, RunFigures> = {}
+        for (const target of [ours, reference]) {
+          const r = await runScenario(target, SCENARIOS[name] as Scenario, undefined, true)
+          measured[target.name] = r
+          log(describeRun(r))
+          if (r.failures.length > 0) failures.push(`ops ${name} ${target.name}: ${r.failures.join('; ')}`)
+        }
+        const o = measured.ours
+        const f = measured.reference
+        if (o === undefined || f === undefined) continue
+        const opsText = (r: RunFigures): string => `redis ${r.opsPerPurchase.redisCommands}, pg tx ${r.opsPerPurchase.pgTransactions}, rows written ${r.opsPerPurchase.pgRowsWritten}, rows read ${r.opsPerPurchase.pgRowsRead}`
+        table.push([`${name}: operations per purchase`, String(o.purchasesPerSecond), String(f.purchasesPerSecond), `${round(o.purchasesPerSecond / f.purchasesPerSecond, 2)}×`, '', '',
+          `ours: ${opsText(o)}`, `ref: ${opsText(f)}`, o.failures.length + f.failures.length === 0 ? 'pass' : 'FAIL'])
+        emit({ scenario: `ops_${name}`, description: `operations per purchase on ${name}: Redis INFO commandstats, PostgreSQL pg_stat_database (waited ${PG_STATS_FLUSH_MS} ms)`, ours: o.opsPerPurchase, reference: f.opsPerPurchase, oursCpu: o.cpuMsPerPurchase, referenceCpu: f.cpuMsPerPurchase, runs: [o, f], checksPassed: o.failures.length + f.failures.length === 0 })
+      }
+    }
+
+    if (selected.includes('memory') && stack.settings.queueBackend === 'redis' && stack.redis !== undefined) {
+      // Redis memory per queued and per completed job (kept for an hour, at
+      // most 10,000 per option: shared/queues/redis-queue-backend.ts).
+      const redis = stack.redis
+      const usedMemory = async (): Promise<number> => Number(/used_memory:(\d+)/.exec(await redis.info('memory'))?.[1] ?? NaN)
+      const jobs = MEMORY_JOBS
+      log(`memory: ${jobs} purchases queued with no worker (PURCHASE_WAIT_MS=0: answered 202 at once), then applied`)
+      ours.urls = await stack.resize(1, 0, { PURCHASE_WAIT_MS: '0' }, workerEnv)
+      const created = await call(ours.urls[0] as string, 'POST', '/ticket_options', { name: 'bench memory', desc: 'bench', allocation: jobs })
+      const optionId = created.body.id as string
+      const empty = await usedMemory()
+      const queued = await runPurchases({ urls: ours.urls, total: jobs, concurrency: 64, spec: () => ({ optionId, quantity: 1 }) })
+      const full = await usedMemory()
+      const workerProc = await stack.startWorker(0, workerEnv)
+      stack.workers.push(workerProc)
+      const deadline = Date.now() + 120_000
+      while (Date.now() < deadline) {
+        const { rows } = await stack.oursSql.query<{ n: number }>('select count(*)::int as n from purchases where ticket_option_id = $1', [optionId])
+        if (rows[0]?.n === jobs) break
+        await sleep(250)
+      }
+      await sleep(1000) // the last jobs' completion
+      const done = await usedMemory()
+      const perQueued = round((full - empty) / jobs, 0)
+      const perCompleted = round((done - empty) / jobs, 0)
+      const answered202 = queued.byStatus['202'] ?? 0
+      const ok = answered202 === jobs
+      if (!ok) failures.push(`memory: ${JSON.stringify(queued.byStatus)} (wanted ${jobs} × 202)`)
+      table.push([`Redis memory per job (${jobs} jobs)`, `${perQueued} B queued`, `${perCompleted} B completed`, '', '', '', `used_memory ${round(empty / 1048576, 1)}→${round(full / 1048576, 1)}→${round(done / 1048576, 1)} MiB`, '', ok ? 'pass' : 'FAIL'])
+      emit({ scenario: 'memory', description: `ours: Redis used_memory with ${jobs} purchase jobs queued (no worker), then applied and kept as completed`, jobs, bytesPerQueuedJob: perQueued, bytesPerCompletedJob: perCompleted, usedMemory: { empty, full, done }, statuses: queued.byStatus, checksPassed: ok })
+      ours.urls = await stack.resize(stack.settings.apis, stack.settings.workers, {}, workerEnv)
     }
 
     if (selected.includes('soak')) {

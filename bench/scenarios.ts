@@ -4,6 +4,7 @@
  * its purchases, settles any 202 through the status route, then checks the
  * answers against the target's database.
  */
+import type { Redis } from 'ioredis'
 import type pg from 'pg'
 import { cpuMs, redisPids } from './stack'
 import { callJson as call, runPurchases, type LoadResult } from '../test/support/load'
@@ -18,6 +19,63 @@ export interface Target {
   pids: () => Record<string, number[]>
   /** the target's database name, to find its PostgreSQL backends */
   database: string
+  /** a connection to the Redis server, for INFO commandstats (server-wide: the bench must run alone) */
+  redis?: Redis
+}
+
+/**
+ * Store operations per purchase during the load: what a capacity plan
+ * multiplies (docs/capacity.md). Redis from INFO commandstats (calls, by
+ * command), PostgreSQL from pg_stat_database of the target's database.
+ */
+export interface OpsPerPurchase {
+  redisCommands: number
+  /** the most frequent commands, calls per purchase */
+  redisByCommand: Record<string, number>
+  pgTransactions: number
+  /** rows inserted, updated and deleted */
+  pgRowsWritten: number
+  /** rows returned by scans and fetched by index */
+  pgRowsRead: number
+}
+
+interface OpsSnapshot {
+  redis: Map<string, number>
+  pg: { transactions: number, written: number, read: number }
+}
+
+async function opsSnapshot (target: Target): Promise<OpsSnapshot> {
+  const redis = new Map<string, number>()
+  if (target.redis !== undefined) {
+    const text = await target.redis.info('commandstats')
+    for (const m of text.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) redis.set(m[1] as string, Number(m[2]))
+  }
+  const { rows } = await target.sql.query<{ transactions: string, written: string, read: string }>(
+    `select xact_commit + xact_rollback as transactions, tup_inserted + tup_updated + tup_deleted as written, tup_returned + tup_fetched as read
+       from pg_stat_database where datname = $1`, [target.database])
+  const row = rows[0]
+  return { redis, pg: { transactions: Number(row?.transactions ?? 0), written: Number(row?.written ?? 0), read: Number(row?.read ?? 0) } }
+}
+
+/**
+ * PostgreSQL 15 backends report their statistics at most once a second, and
+ * an idle one only after up to 10 s: pg_stat_database lags that long. Runs
+ * that count PostgreSQL operations (`countPgOps`) wait it out; the others
+ * report them as -1 (Redis' INFO commandstats is exact at once).
+ */
+export const PG_STATS_FLUSH_MS = 11_000
+
+function opsPerPurchase (before: OpsSnapshot, after: OpsSnapshot, n: number, countPg: boolean): OpsPerPurchase {
+  const calls = [...after.redis].map(([name, count]) => [name, count - (before.redis.get(name) ?? 0)] as const).filter(([, c]) => c > 0)
+  calls.sort((a, b) => b[1] - a[1])
+  const total = calls.reduce((sum, [, c]) => sum + c, 0)
+  return {
+    redisCommands: round(total / n, 2),
+    redisByCommand: Object.fromEntries(calls.slice(0, 8).map(([name, c]) => [name, round(c / n, 2)])),
+    pgTransactions: countPg ? round((after.pg.transactions - before.pg.transactions) / n, 2) : -1,
+    pgRowsWritten: countPg ? round((after.pg.written - before.pg.written) / n, 2) : -1,
+    pgRowsRead: countPg ? round((after.pg.read - before.pg.read) / n, 1) : -1,
+  }
 }
 
 /** CPU ms used per purchase during the load, by component (Redis is shared with other users of this machine). */
@@ -106,6 +164,7 @@ export interface RunFigures {
   checks: Record<string, boolean>
   failures: string[]
   cpuMsPerPurchase: CpuPerPurchase
+  opsPerPurchase: OpsPerPurchase
 }
 
 async function createOptions (target: Target, scenario: Scenario): Promise<string[]> {
@@ -130,7 +189,7 @@ async function settle (url: string, optionId: string, purchaseId: string, limitM
   return 'pending'
 }
 
-export async function runScenario (target: Target, scenario: Scenario, onTick?: (elapsedMs: number) => void): Promise<RunFigures> {
+export async function runScenario (target: Target, scenario: Scenario, onTick?: (elapsedMs: number) => void, countPgOps = false): Promise<RunFigures> {
   const optionIds = await createOptions(target, scenario)
   const optionOf = scenario.optionOf ?? ((i: number) => i % optionIds.length)
   const spec = (i: number): { optionId: string, quantity: number } => ({ optionId: optionIds[optionOf(i)] as string, quantity: scenario.quantity(i) })
@@ -140,6 +199,9 @@ export async function runScenario (target: Target, scenario: Scenario, onTick?: 
     ticker = setInterval(() => { onTick(Date.now() - started) }, 1000)
   }
   let load: LoadResult
+  // Statistics of what came before (the last run's settling, these options) must be in before we count.
+  if (countPgOps) await sleep(PG_STATS_FLUSH_MS)
+  const opsBefore = await opsSnapshot(target)
   const before = await cpuSnapshot(target)
   try {
     load = await runPurchases({ urls: target.urls, total: scenario.total, concurrency: scenario.concurrency, spec, durationMs: scenario.durationMs, timeoutMs: 300_000 })
@@ -147,6 +209,8 @@ export async function runScenario (target: Target, scenario: Scenario, onTick?: 
     clearInterval(ticker)
   }
   const after = await cpuSnapshot(target)
+  if (countPgOps) await sleep(PG_STATS_FLUSH_MS)
+  const opsAfter = await opsSnapshot(target)
   const n = Math.max(1, load.answers.length)
   // A backend that ended during the run is missed; one that started counts whole.
   after.postgres = [...after.backends].reduce((a, [pid, ms]) => a + ms - (before.backends.get(pid) ?? 0), 0)
@@ -159,6 +223,7 @@ export async function runScenario (target: Target, scenario: Scenario, onTick?: 
     redis: per('redis'),
     loadGenerator: per('loadGenerator'),
   }
+  figures.opsPerPurchase = opsPerPurchase(opsBefore, opsAfter, n, countPgOps)
   return figures
 }
 
@@ -237,5 +302,6 @@ async function check (target: Target, scenario: Scenario, optionIds: string[], l
     checks,
     failures,
     cpuMsPerPurchase: { servers: 0, byRole: {}, postgres: 0, redis: 0, loadGenerator: 0 },
+    opsPerPurchase: { redisCommands: 0, redisByCommand: {}, pgTransactions: 0, pgRowsWritten: 0, pgRowsRead: 0 },
   }
 }

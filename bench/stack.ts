@@ -81,7 +81,8 @@ export class Stack {
   workers: Child[] = []
   reference: (Child & { url: string }) | undefined
   private createdDbs: string[] = []
-  private redis: Redis | undefined
+  /** a plain connection to the bench's Redis (registry checks, INFO, cleanup) */
+  redis: Redis | undefined
 
   constructor (readonly settings: BenchSettings) {
     this.oursUrl = databaseUrlFor(settings.adminDatabaseUrl, this.oursDb)
@@ -212,11 +213,16 @@ export class Stack {
 
   /** Replaces every API and worker of ours with one started with `extra` env (e.g. OTEL_* for tracing); returns the APIs' new URLs. */
   async restartOurs (apiExtra: Record<string, string>, workerExtra: Record<string, string>): Promise<string[]> {
-    const old = this.apis
+    return await this.resize(this.settings.apis, this.settings.workers, apiExtra, workerExtra)
+  }
+
+  /** Replaces ours with `apis` APIs and `workers` workers (the replica sweep); returns the APIs' URLs. */
+  async resize (apis: number, workers: number, apiExtra: Record<string, string>, workerExtra: Record<string, string>): Promise<string[]> {
+    for (const p of [...this.apis, ...this.workers]) await this.stop(p)
     this.apis = []
-    for (const a of old) await this.stop(a)
-    for (let i = 0; i < this.settings.apis; i++) this.apis.push(await this.startApi(i, apiExtra))
-    await this.restartWorkers(workerExtra)
+    this.workers = []
+    for (let i = 0; i < apis; i++) this.apis.push(await this.startApi(i, apiExtra))
+    for (let i = 0; i < workers; i++) this.workers.push(await this.startWorker(i, workerExtra))
     return this.apis.map((a) => a.url)
   }
 
