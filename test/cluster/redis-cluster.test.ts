@@ -8,6 +8,7 @@
  * SIGKILL in the middle of a burst.
  */
 import t from 'tap'
+import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { activeOptionsKey, purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from '../../shared/queues/queue-names'
@@ -15,7 +16,8 @@ import { buy, createOption, setUp, startTestWorker, TEST_USER } from '../support
 import { createTestEnvironment, unbalancedOptions } from '../support/environment'
 import { callJson, countByStatus, runPurchases, type PurchaseSpec } from '../support/load'
 import { sample } from '../support/prometheus-text'
-import { startProcess } from '../support/processes'
+import { freePort } from '../support/free-port'
+import { coverageEnv, nodeArgs, ROOT, startProcess } from '../support/processes'
 import { checkBooks, createOptionOver, fireBurst, settlePending } from '../support/purchase-burst'
 import { startRedisCluster, type RedisCluster } from '../support/redis-cluster'
 import { sleep, waitFor } from '../support/wait'
@@ -152,6 +154,31 @@ t.test('2 APIs and 2 workers on a cluster, 600 buyers at once', async (t) => {
   // Graceful shutdown on a cluster: SIGTERM, every process closes its cluster connections and exits 0.
   for (const proc of [...apis, ...workers]) proc.child.kill('SIGTERM')
   t.same(await Promise.all([...apis, ...workers].map(async (p) => await p.exited)), [0, 0, 0, 0], 'APIs and workers exit 0 on SIGTERM')
+})
+
+t.test('REDIS_CLUSTER_NODES=… npm start: the launcher serves and sells on the cluster', async (t) => {
+  const environment = await createTestEnvironment(t, { REDIS_CLUSTER_NODES: cluster.seeds })
+  const port = await freePort()
+  const output: string[] = []
+  const child = spawn(process.execPath, [...nodeArgs(), 'launcher/main.ts'], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? '', ...coverageEnv(), ...environment.env, PORT: String(port), LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  for (const stream of [child.stdout, child.stderr]) stream.on('data', (chunk: Buffer) => { output.push(chunk.toString()) })
+  const exited = new Promise<number | null>((resolve) => { child.once('exit', (code) => { resolve(code) }) })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const url = `http://127.0.0.1:${port}`
+  const ready = await waitFor(async () => await callJson(url, 'GET', '/health/ready').catch(() => ({ status: 0, body: {} as Record<string, any> })), (r) => r.status === 200 && output.join('').includes('worker started'), 30_000, 100)
+  t.same(ready.body.checks, { postgres: 'ok', redis: 'ok' }, `ready:\n${ready.status === 200 ? '' : output.join('')}`)
+  t.equal((output.join('').match(/"msg":"queues on Redis Cluster"/g) ?? []).length >= 2, true, 'the API and the worker say their queues are on the cluster')
+  const option = (await callJson(url, 'POST', '/ticket_options', { name: 'launched on a cluster', allocation: 3 })).body.id as string
+  const statuses = []
+  for (const quantity of [2, 2, 1]) statuses.push((await callJson(url, 'POST', `/ticket_options/${option}/purchases`, { quantity, user_id: TEST_USER })).status)
+  t.same(statuses, [201, 409, 201], '2 bought, 2 more refused, the last 1 bought')
+  t.equal((await callJson(url, 'GET', `/ticket_options/${option}`)).body.allocation, 0)
+  child.kill('SIGTERM')
+  t.equal(await exited, 0, 'a clean stop')
 })
 
 /** The master that serves an option's queue now (the slot of its hash tag). */
