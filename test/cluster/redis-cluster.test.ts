@@ -56,6 +56,12 @@ t.test('the core routes on a Redis Cluster', async (t) => {
   const statuses = []
   for (let i = 0; i < 4; i++) statuses.push((await buy(app, optionId)).statusCode)
   t.same(statuses, [201, 201, 201, 409], 'three sold, then 409')
+  // An Idempotency-Key (PostgreSQL) and the queue's length for backpressure (BullMQ's count) on the cluster.
+  const other = await createOption(app, 5)
+  const first = await buy(app, other, { key: 'cluster-key-1' })
+  const again = await buy(app, other, { key: 'cluster-key-1' })
+  t.same([first.statusCode, again.statusCode], [201, 201])
+  t.equal((again.json() as { id: string }).id, (first.json() as { id: string }).id, 'the same key answers the same purchase')
   t.equal((await app.inject({ method: 'GET', url: `/ticket_options/${optionId}` })).json().allocation, 0)
 
   const ready = await app.inject({ method: 'GET', url: '/health/ready' })
@@ -63,7 +69,7 @@ t.test('the core routes on a Redis Cluster', async (t) => {
   t.same(ready.json().checks, { postgres: 'ok', redis: 'ok' })
   const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
   t.equal(sample(metrics, 'purchase_queue_depth_up'), 1, 'queue depths read from the cluster')
-  t.equal(sample(metrics, 'purchase_queue_options_registered'), 1)
+  t.equal(sample(metrics, 'purchase_queue_options_registered'), 2)
   t.equal(sample(metrics, 'dependency_up', { dependency: 'redis' }), 1)
 
   // Outcomes and wake-ups go on sharded channels: subscribed on a shard, never broadcast to every node.

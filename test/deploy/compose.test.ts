@@ -16,7 +16,7 @@ import path from 'node:path'
 import Ajv from 'ajv'
 import addFormats from 'ajv-formats'
 import pg from 'pg'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { Pool } from 'undici'
 import { API_SHUTDOWN_GRACE_MS } from '../../api/server'
 import { EnvSchema, loadConfig } from '../../shared/config'
@@ -117,12 +117,17 @@ t.test('docker-compose.yml is valid against the Compose Specification', async (t
   t.notOk(validate(wrongCondition), 'an unknown depends_on condition is refused')
 })
 
-t.test('docker-compose.no-redis.yml runs the stack with its queues on PostgreSQL and no Redis', async (t) => {
-  const validate = compileComposeSchema()
-  const raw = mergeCompose(readComposeRaw(), readComposeRaw(NO_REDIS_FILE)) as ComposeFile
-  t.ok(validate(raw), 'the merged file is valid against the Compose Specification')
+/** docker-compose.yml with an override file merged in, checked against the schema, interpolated with defaults; the single Redis must be off. */
+function mergedWith (t: Test, override: string): ComposeFile {
+  const raw = mergeCompose(readComposeRaw(), readComposeRaw(override)) as ComposeFile
+  t.ok(compileComposeSchema()(raw), 'the merged file is valid against the Compose Specification')
   const merged = interpolateDeep(raw, {}) as ComposeFile
-  t.same(merged.services.redis?.profiles, ['redis'], 'Redis is not started (its profile is never active)')
+  t.same(merged.services.redis?.profiles, ['redis'], 'the single Redis is not started (its profile is never active)')
+  return merged
+}
+
+t.test('docker-compose.no-redis.yml runs the stack with its queues on PostgreSQL and no Redis', async (t) => {
+  const merged = mergedWith(t, NO_REDIS_FILE)
   for (const name of APP_SERVICES) {
     const config = loadConfig(serviceEnvironment(merged, name))
     t.equal(config.queueBackend, 'postgres', `${name}: queues on PostgreSQL`)
@@ -134,11 +139,7 @@ t.test('docker-compose.no-redis.yml runs the stack with its queues on PostgreSQL
 })
 
 t.test('docker-compose.redis-cluster.yml runs the stack on a 6-node Redis Cluster', async (t) => {
-  const validate = compileComposeSchema()
-  const raw = mergeCompose(readComposeRaw(), readComposeRaw(REDIS_CLUSTER_FILE)) as ComposeFile
-  t.ok(validate(raw), 'the merged file is valid against the Compose Specification')
-  const merged = interpolateDeep(raw, {}) as ComposeFile
-  t.same(merged.services.redis?.profiles, ['redis'], 'the single Redis is not started')
+  const merged = mergedWith(t, REDIS_CLUSTER_FILE)
   const nodes = Object.keys(merged.services).filter((name) => /^redis-node-\d$/.test(name))
   t.equal(nodes.length, 6, 'six nodes: 3 masters, 3 replicas')
   for (const name of nodes) {
