@@ -143,5 +143,8 @@ export async function waitUntilReady (redis: RedisClient, timeoutMs: number): Pr
  * Redis may have run the command and the reply been lost with the connection.
  */
 export function commandNeverSent (err: unknown): boolean {
-  return err instanceof Error && (err.message.startsWith("Stream isn't writeable") || err.message.startsWith("Cluster isn't ready"))
+  return err instanceof Error && NEVER_SENT.some((start) => err.message.startsWith(start))
 }
+
+/** How ioredis refuses a command it did not write: one server, then a cluster not ready, or none of whose nodes answered. */
+const NEVER_SENT = ["Stream isn't writeable", "Cluster isn't ready", 'None of startup nodes is available']

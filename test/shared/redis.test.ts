@@ -1,7 +1,8 @@
 import t from 'tap'
 import net from 'node:net'
 import pino from 'pino'
-import { createWorkerConnection } from '../../shared/redis'
+import { commandNeverSent, createProducerConnection, createWorkerConnection, isCluster } from '../../shared/redis'
+import { freePort } from '../support/free-port'
 import { waitFor } from '../support/wait'
 
 t.test('a connection stuck between connect and ready is started over', async (t) => {
@@ -36,4 +37,26 @@ t.test('a healthy connection is left alone', async (t) => {
   await new Promise((resolve) => setTimeout(resolve, 500))
   t.equal(redis.status, 'ready')
   t.same(lines.filter((line) => line.includes('not ready in time')), [])
+})
+
+t.test('a cluster the API cannot reach refuses commands at once, and says nothing was sent', async (t) => {
+  // Nothing listens there: the cluster never becomes ready.
+  const port = await freePort()
+  const log = pino({ level: 'silent' })
+  const redis = createProducerConnection([{ host: '127.0.0.1', port }], log, 'unreachable-cluster')
+  t.teardown(() => { redis.disconnect() })
+  t.ok(isCluster(redis), 'REDIS_CLUSTER_NODES gives a Cluster')
+  const started = Date.now()
+  const err = await redis.set('key', 'value').then(() => null, (e: unknown) => e)
+  t.ok(Date.now() - started < 1500, 'refused at once, not queued')
+  // Once it has given up connecting, later commands are refused the same way.
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  const later = await redis.set('key', 'value').then(() => null, (e: unknown) => e)
+  t.equal(commandNeverSent(later), true, `later: ${String(later)}`)
+  t.match(String(err), /Cluster isn't ready|None of startup nodes is available/)
+  t.equal(commandNeverSent(err), true, 'the API may answer 503 without voiding anything')
+  t.equal(commandNeverSent(new Error('Connection is closed.')), false, 'a lost connection is ambiguous')
+  const plain = createWorkerConnection('redis://127.0.0.1:1', log, 'plain')
+  t.teardown(() => { plain.disconnect() })
+  t.equal(isCluster(plain), false, 'REDIS_URL gives one connection')
 })
