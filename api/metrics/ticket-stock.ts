@@ -9,6 +9,7 @@
  * limit, so an outage makes /metrics report `ticket_stock_up 0` instead of
  * hanging.
  */
+import type { QueryConfig } from 'pg'
 import type { Db } from '../../shared/db'
 
 /** Options with series of their own. */
@@ -44,7 +45,7 @@ export class TicketStock {
       values: [this.windowSeconds, this.top],
       // pg gives the client back as broken when this passes, so a hung server cannot pin the pool.
       query_timeout: this.timeoutMs,
-    } as import('pg').QueryConfig)
+    } as QueryConfig)
     return rows.map((r) => ({ ticketOptionId: r.id, available: Number(r.available), held: Number(r.held), sold: Number(r.sold) }))
   }
 }

@@ -151,7 +151,7 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
       })
       const statuses = applied.message.outcomes.map(outcomeStatus)
       deps.metrics?.batchApplied(Number(process.hrtime.bigint() - began) / 1e9, statuses)
-      transactionCommitted(span, held, applied.batch, applied.message.outcomes.map((o, i) => ({ id: o.id, status: statuses[i] ?? 'unknown' })), startTime)
+      transactionCommitted(span, held, applied.batch, applied.message.outcomes, statuses, startTime)
       return applied
     }), jobLog)
   }
