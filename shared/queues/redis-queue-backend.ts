@@ -21,7 +21,7 @@ import { activeOptionsKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChanne
 import { listActiveOptions, releaseOption, touchOption } from './queue-registry'
 
 /** REDIS_CLUSTER_NODES when set, else REDIS_URL. */
-export function redisTargetOf (config: Config): RedisTarget {
+function redisTargetOf (config: Config): RedisTarget {
   return config.redisClusterNodes ?? config.redisUrl
 }
 

@@ -27,23 +27,21 @@ t.test('PostgreSQL unreachable to the worker for 3 s mid-burst: every purchase a
   const initial = 200
   const optionId = await createOptionOver(api.url, initial)
 
-  let outage: Promise<void> | undefined
   let outageAppliedBefore = 0
   const answers = await fireBurst(api.url, optionId, {
     count: 300,
     concurrency: 10,
     pauseMs: 20,
-    onAnswer: (_answer, answered) => {
-      if (answered !== 60) return
-      outage = (async () => {
+    strike: {
+      after: 60,
+      fault: async () => {
         await proxy.cut()
         outageAppliedBefore = Number((await sql.query('select count(*) as n from purchases')).rows[0].n)
         await new Promise((resolve) => setTimeout(resolve, OUTAGE_MS))
         await proxy.restore()
-      })()
+      },
     },
   })
-  await outage
   t.equal(answers.length, 300, 'every request was answered')
   t.same(answers.filter((a) => ![201, 202, 409].includes(a.status)).map((a) => [a.status, a.body]), [], 'only 201, 409 or 202: the API did not lose PostgreSQL')
   await settlePending(api.url, optionId, answers, 30_000)

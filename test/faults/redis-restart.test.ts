@@ -45,21 +45,19 @@ t.test('Redis stopped and restarted (with AOF) during a burst: service recovers,
   // Its queue exists before the outage: after it, the worker must serve it again.
   t.equal((await fireBurst(api.url, otherOptionId, { count: 1, concurrency: 1 }))[0]?.status, 201, 'the other option sells before the outage')
 
-  let outage: Promise<void> | undefined
   const answers = await fireBurst(api.url, optionId, {
     count: 700,
     concurrency: 10,
     pauseMs: 100,
-    onAnswer: (_answer, answered) => {
-      if (answered !== 100) return
-      outage = (async () => {
+    strike: {
+      after: 100,
+      fault: async () => {
         await redis.stop('SIGTERM')
         await new Promise((resolve) => setTimeout(resolve, 2000))
         await redis.start()
-      })()
+      },
     },
   })
-  await outage
   t.equal(answers.length, 700, 'every request was answered')
   t.same(answers.filter((a) => ![201, 202, 409, 503].includes(a.status)).map((a) => [a.status, a.body]), [], 'only 201, 409, 202 or 503')
   t.ok(answers.some((a) => a.status === 503), 'requests during the outage were refused with 503')
@@ -85,21 +83,19 @@ t.test('Redis without persistence restarted empty: lost jobs were never answered
   const initial = 300
   const optionId = await createOptionOver(api.url, initial)
 
-  let outage: Promise<void> | undefined
   const answers = await fireBurst(api.url, optionId, {
     count: 400,
     concurrency: 10,
     pauseMs: 50,
-    onAnswer: (_answer, answered) => {
-      if (answered !== 100) return
-      outage = (async () => {
+    strike: {
+      after: 100,
+      fault: async () => {
         await redis.stop('SIGKILL')
         await new Promise((resolve) => setTimeout(resolve, 1000))
         await redis.start()
-      })()
+      },
     },
   })
-  await outage
   t.same(answers.filter((a) => ![201, 202, 409, 503].includes(a.status)).map((a) => [a.status, a.body]), [], 'only 201, 409, 202 or 503')
 
   const recovered = await buyOnceRecovered(api.url, await createOptionOver(api.url, 5))

@@ -27,7 +27,6 @@ eachQueueBackend(t, 'SIGKILL of the busy worker mid-burst: the burst completes, 
   const optionId = await createOptionOver(api.url, initial)
 
   let killed: { name: string, at: number } | undefined
-  let killing: Promise<void> | undefined
   const queue = environment.openQueues().createQueue(purchaseQueueName(optionId))
   t.teardown(async () => { await queue.close() })
   const killBusyWorker = async (): Promise<void> => {
@@ -50,9 +49,8 @@ eachQueueBackend(t, 'SIGKILL of the busy worker mid-burst: the burst completes, 
   const answers = await fireBurst(api.url, optionId, {
     count: 600,
     concurrency: 20,
-    onAnswer: (_answer, answered) => { if (answered === 150) killing = killBusyWorker() },
+    strike: { after: 150, fault: killBusyWorker },
   })
-  await killing
   t.ok(killed, 'a worker was killed mid-burst')
   t.comment(`killed ${killed?.name ?? '?'} (it held the option's active job)`)
   t.equal(answers.length, 600, 'every request was answered')

@@ -17,18 +17,25 @@ export interface BurstOptions {
   /** requests in flight at once (also the number of keep-alive connections) */
   concurrency: number
   quantity?: number
-  /** called after each answer; a test uses it to strike in the middle */
-  onAnswer?: (answer: Answer, answered: number) => void
+  /**
+   * A fault struck once, in the middle of the burst: `fault` starts when the
+   * `after`-th answer comes (it gets that answer), and fireBurst returns only
+   * once it has settled too (its error is thrown).
+   */
+  strike?: { after: number, fault: (answer: Answer) => Promise<unknown> }
   /** pause between two requests of one connection (ms), to stretch the burst over time */
   pauseMs?: number
 }
 
 /** `count` purchases of one user on one option; the answers in the order they came. */
 export async function fireBurst (apiUrl: string, ticketOptionId: string, options: BurstOptions): Promise<Answer[]> {
-  const { count, concurrency, quantity = 1, onAnswer, pauseMs } = options
+  const { count, concurrency, quantity = 1, strike, pauseMs } = options
+  let struck: Promise<unknown> | undefined
+  const onAnswer = strike === undefined ? undefined : (answer: Answer, answered: number): void => { if (answered === strike.after) struck = strike.fault(answer) }
   const { answers } = await runPurchases({
     urls: [apiUrl], total: count, concurrency, pauseMs, onAnswer, spec: () => ({ optionId: ticketOptionId, quantity, userId: FAULT_USER }),
   })
+  await struck
   return answers.sort((a, b) => a.at - b.at)
 }
 
