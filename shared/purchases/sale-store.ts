@@ -81,6 +81,8 @@ export function outcomeStatus (outcome: SaleOutcome): string {
   return { confirm: 'confirmed', release: 'released', cancel: 'cancelled' }[outcome.kind]
 }
 
+// The statements every batch runs are named (prepared): each connection
+// parses and plans them once, not once per batch.
 const iso = (column: string): string => `to_char(${column} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`
 const PURCHASE_COLUMNS = `id, ticket_option_id, user_id, quantity, status, reason, available, used, reservation_id,
   ${iso('cancelled_at')} as cancelled_at, ${iso('created_at')} as created_at`
@@ -102,6 +104,21 @@ interface LockedOption {
 const ms = (iso: string | null): number | null => iso === null ? null : Date.parse(iso)
 
 /**
+ * Whether each option recently applied has a per-user limit (true) or not
+ * (false): an option without one skips the usage read. A limit is set when
+ * an option is created and never changed; should that change, an option
+ * learnt as unlimited reads its usage after the lock instead (one round trip more).
+ */
+const limitsKnown = new Map<string, boolean>()
+const LIMITS_REMEMBERED = 10_000
+
+function rememberLimit (ticketOptionId: string, limited: boolean): void {
+  if (limitsKnown.get(ticketOptionId) === limited) return
+  if (limitsKnown.size >= LIMITS_REMEMBERED) limitsKnown.clear()
+  limitsKnown.set(ticketOptionId, limited)
+}
+
+/**
  * Applies requests of ONE option in arrival order, inside the caller's
  * transaction. A purchase or hold already recorded (a redelivered job) keeps
  * its recorded outcome and changes nothing more; a confirmation, release or
@@ -109,29 +126,37 @@ const ms = (iso: string | null): number | null => iso === null ? null : Date.par
  */
 export async function applySaleBatch (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[]): Promise<SaleOutcome[]> {
   if (requests.some((r) => r.ticketOptionId !== ticketOptionId)) throw new Error('a batch must hold requests of one option')
-  const locked = await client.query<LockedOption>(
-    'select allocation, held, max_per_purchase, max_per_user from ticket_options where id = $1::uuid for update',
-    [ticketOptionId]
-  )
-  const option = locked.rows[0]
-  if (option === undefined) throw new UnknownTicketOptionError(`ticket option ${ticketOptionId} does not exist`)
-
-  // Statements of their own, after the lock: in READ COMMITTED they then see
-  // everything committed by whoever held the lock before us (a statement that
-  // locks and reads at once reads with the snapshot from before its wait).
+  // The lock and the reads go out together (the client pipelines, shared/db.ts)
+  // as statements of their own, run in the order sent: in READ COMMITTED the
+  // reads then see everything committed by whoever held the lock before us (a
+  // statement that locks and reads at once reads with the snapshot from
+  // before its wait). The users' usage is read only for an option with a
+  // per-user limit, which the worker learns from the option's first batch.
   const purchaseIds = requests.flatMap((r) => isPurchaseRequest(r) || r.kind === 'cancel' ? [r.purchaseId] : [])
   const reservationIds = requests.flatMap((r) => r.kind === 'hold' || r.kind === 'confirm' || r.kind === 'release' ? [r.reservationId] : [])
-  const [purchaseRows, reservationRows] = await Promise.all([
+  const locking = client.query<LockedOption>({
+    name: 'sale-lock-option',
+    text: 'select allocation, held, max_per_purchase, max_per_user from ticket_options where id = $1::uuid for update',
+    values: [ticketOptionId],
+  })
+  const reading = Promise.all([
     readPurchases(client, purchaseIds),
     readReservations(client, reservationIds),
+    limitsKnown.get(ticketOptionId) === false ? null : readUsage(client, ticketOptionId, requests),
   ])
+  reading.catch(() => {}) // awaited below, after the lock's own error if it has one
+  const option = (await locking).rows[0]
+  if (option === undefined) throw new UnknownTicketOptionError(`ticket option ${ticketOptionId} does not exist`)
+  rememberLimit(ticketOptionId, option.max_per_user !== null)
+  const [purchaseRows, reservationRows, readUsageRows] = await reading
+  const usage = option.max_per_user === null ? new Map<string, number>() : readUsageRows ?? await readUsage(client, ticketOptionId, requests)
   const now = Date.now()
   const effects = decideBatch({
     option: { available: option.allocation, held: option.held, maxPerPurchase: option.max_per_purchase, maxPerUser: option.max_per_user },
     purchases: new Map(purchaseRows.map((p): [string, StoredPurchase] => [p.id, { id: p.id, userId: p.user_id, quantity: p.quantity, status: p.status, cancelled: p.cancelled_at !== null }])),
     reservations: new Map(reservationRows.map((r): [string, StoredReservation] => [r.id, { id: r.id, userId: r.user_id, quantity: r.quantity, status: r.status, expiresAt: ms(r.expires_at) }])),
     recordedHolds: new Set(reservationRows.map((r) => r.id)),
-    usage: option.max_per_user === null ? new Map() : await readUsage(client, ticketOptionId, requests),
+    usage,
     now,
   }, requests)
 
@@ -147,27 +172,28 @@ export async function applySaleBatch (client: DbClient, ticketOptionId: string, 
 
 async function readPurchases (db: Db | DbClient, ids: readonly string[]): Promise<PurchaseRecord[]> {
   if (ids.length === 0) return []
-  return (await db.query<PurchaseRecord>(`select ${PURCHASE_COLUMNS} from purchases where id = any($1::uuid[])`, [ids])).rows
+  return (await db.query<PurchaseRecord>({ name: 'sale-read-purchases', text: `select ${PURCHASE_COLUMNS} from purchases where id = any($1::uuid[])`, values: [ids] })).rows
 }
 
 async function readReservations (db: Db | DbClient, ids: readonly string[]): Promise<ReservationRecord[]> {
   if (ids.length === 0) return []
-  return (await db.query<ReservationRecord>(`select ${RESERVATION_COLUMNS} from reservations where id = any($1::uuid[])`, [ids])).rows
+  return (await db.query<ReservationRecord>({ name: 'sale-read-reservations', text: `select ${RESERVATION_COLUMNS} from reservations where id = any($1::uuid[])`, values: [ids] })).rows
 }
 
 /** max_per_user counts each user's succeeded purchases not cancelled plus active holds. */
 async function readUsage (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[]): Promise<Map<string, number>> {
   const users = [...new Set(requests.map((r) => r.userId))]
-  const { rows } = await client.query<{ user_id: string, used: string }>(
-    `select user_id, sum(quantity) as used from (
+  const { rows } = await client.query<{ user_id: string, used: string }>({
+    name: 'sale-read-usage',
+    text: `select user_id, sum(quantity) as used from (
        select user_id, quantity from purchases
         where ticket_option_id = $1::uuid and user_id = any($2::uuid[]) and status = 'succeeded' and cancelled_at is null
        union all
        select user_id, quantity from reservations
         where ticket_option_id = $1::uuid and user_id = any($2::uuid[]) and status = 'held'
      ) as held_or_bought group by user_id`,
-    [ticketOptionId, users]
-  )
+    values: [ticketOptionId, users],
+  })
   return new Map(rows.map((r) => [r.user_id, Number(r.used)]))
 }
 
@@ -242,8 +268,9 @@ async function writeEffects (client: DbClient, ticketOptionId: string, requests:
     purchases.push({ id: c.purchaseId, userId: hold.user_id, quantity: hold.quantity, status: 'succeeded', reason: null, available: null, used: null, request: c, reservationId: c.reservationId })
   }
 
-  const { rows } = await client.query<PurchaseRecord>(
-    `with new_purchases as (
+  const { rows } = await client.query<PurchaseRecord>({
+    name: 'sale-write-batch',
+    text: `with new_purchases as (
        insert into purchases (id, ticket_option_id, user_id, quantity, status, reason, available, used, request_id, enqueued_at, reservation_id)
        select p.id, $1::uuid, p.user_id, p.quantity, p.status, p.reason, p.available, p.used, p.request_id, to_timestamp(p.enqueued_at / 1000.0), p.reservation_id
          from unnest($2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::text[], $10::bigint[], $11::uuid[])
@@ -268,7 +295,7 @@ async function writeEffects (client: DbClient, ticketOptionId: string, requests:
         where id = $1::uuid and (allocation <> $26::integer or held <> $27::integer)
      )
      select * from new_purchases`,
-    [
+    values: [
       ticketOptionId,
       purchases.map((p) => p.id), purchases.map((p) => p.userId), purchases.map((p) => p.quantity), purchases.map((p) => p.status),
       purchases.map((p) => p.reason), purchases.map((p) => p.available), purchases.map((p) => p.used),
@@ -279,8 +306,8 @@ async function writeEffects (client: DbClient, ticketOptionId: string, requests:
       changed.map((c) => c.id), changed.map((c) => c.status), changed.map((c) => c.purchaseId),
       cancelled,
       counters.newAllocation, counters.newHeld,
-    ]
-  )
+    ],
+  })
   return rows
 }
 

@@ -1,0 +1,79 @@
+/**
+ * The sale's transaction as the worker runs it (shared/db.ts, shared/purchases/sale-store.ts):
+ * BEGIN, the option's row lock and the reads go out pipelined, in one round
+ * trip, and the statements every batch runs are prepared once per connection.
+ * What must not change with that: the reads run after the lock is granted,
+ * so they see what the lock's previous holder committed.
+ */
+import t from 'tap'
+import { randomUUID } from 'node:crypto'
+import pino from 'pino'
+import { createPool, withTransaction } from '../../shared/db'
+import { applySaleBatch, type PurchaseRecord } from '../../shared/purchases/sale-store'
+import type { PurchaseRequest } from '../../shared/purchases/sale-request'
+import { createTicketOption } from '../../shared/ticket-options'
+import { createTestEnvironment, unbalancedOptions } from '../support/environment'
+import { sleep } from '../support/wait'
+
+const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
+
+function purchase (ticketOptionId: string, quantity: number, line: number): PurchaseRequest {
+  return { purchaseId: randomUUID(), ticketOptionId, userId: USER, quantity, requestId: `req-${line}`, enqueuedAt: Date.now(), line }
+}
+
+t.test('a batch that waits for the option\'s lock reads what its holder committed: a redelivered purchase keeps its outcome', async (t) => {
+  const { config, sql } = await createTestEnvironment(t)
+  const db = createPool(config.databaseUrl, 4, pino({ level: 'silent' }))
+  t.teardown(async () => { await db.end() })
+  const option = await createTicketOption(sql, { name: 'lock wait', desc: '', allocation: 5, maxPerPurchase: null, maxPerUser: null })
+  const first = purchase(option.id, 3, 1)
+
+  // Another transaction holds the lock and records the purchase (a first delivery, on another worker).
+  const holder = await sql.connect()
+  t.teardown(() => { holder.release() })
+  await holder.query('begin')
+  await holder.query('select 1 from ticket_options where id = $1 for update', [option.id])
+  await holder.query(
+    'insert into purchases (id, ticket_option_id, user_id, quantity, status, request_id) values ($1, $2, $3, 3, \'succeeded\', \'first delivery\')',
+    [first.purchaseId, option.id, USER])
+  await holder.query('update ticket_options set allocation = allocation - 3 where id = $1', [option.id])
+
+  // The redelivery, with one more purchase behind it, waits for that lock.
+  const second = purchase(option.id, 2, 2)
+  const batch = withTransaction(db, async (client) => await applySaleBatch(client, option.id, [first, second]))
+  await sleep(200)
+  const { rows: waiting } = await sql.query("select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()")
+  t.equal(waiting[0].n, 1, 'the batch waits for the lock')
+  await holder.query('commit')
+
+  const outcomes = await batch as PurchaseRecord[]
+  t.match(outcomes[0], { id: first.purchaseId, status: 'succeeded', quantity: 3 }, 'the recorded outcome, not a second purchase (nor a duplicate key error)')
+  t.match(outcomes[1], { id: second.purchaseId, status: 'succeeded', quantity: 2 }, 'decided on what is left after the holder\'s commit')
+  const { rows } = await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])
+  t.same(rows[0], { allocation: 0, purchases: 2 })
+  t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('per-user limits: read beside the lock, and still read after it for an option learnt as unlimited; a missing option fails the batch', async (t) => {
+  const { config, sql } = await createTestEnvironment(t)
+  const db = createPool(config.databaseUrl, 2, pino({ level: 'silent' }))
+  t.teardown(async () => { await db.end() })
+  const apply = async (optionId: string, request: PurchaseRequest): Promise<PurchaseRecord> =>
+    (await withTransaction(db, async (client) => await applySaleBatch(client, optionId, [request])))[0] as PurchaseRecord
+
+  const limited = await createTicketOption(sql, { name: 'limited', desc: '', allocation: 10, maxPerPurchase: null, maxPerUser: 3 })
+  const decided = [await apply(limited.id, purchase(limited.id, 2, 1)), await apply(limited.id, purchase(limited.id, 2, 2))]
+  t.same(decided.map((o) => [o.status, o.reason, o.used]), [['succeeded', null, null], ['rejected', 'user_limit_reached', 2]], 'the second would take the user past 3')
+
+  // Learnt as unlimited by its first batch; then the limit appears (by hand: no route changes one).
+  const open = await createTicketOption(sql, { name: 'open', desc: '', allocation: 10, maxPerPurchase: null, maxPerUser: null })
+  t.equal((await apply(open.id, purchase(open.id, 2, 1))).status, 'succeeded')
+  await sql.query('update ticket_options set max_per_user = 3 where id = $1', [open.id])
+  const late = await apply(open.id, purchase(open.id, 2, 2))
+  t.same([late.status, late.reason, late.used], ['rejected', 'user_limit_reached', 2], 'its usage is read after the lock once the limit shows')
+
+  const missing = randomUUID()
+  await t.rejects(apply(missing, purchase(missing, 1, 1)), { name: 'UnknownTicketOptionError' })
+  t.equal((await sql.query('select count(*)::int as n from purchases where ticket_option_id = $1', [missing])).rows[0].n, 0, 'nothing recorded for it')
+  t.same(await unbalancedOptions(sql), [])
+})
