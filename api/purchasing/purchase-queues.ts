@@ -4,13 +4,20 @@
  * backend's fail-fast connection, so the API's connections do not grow with
  * the options; Queue objects are kept in a bounded LRU.
  */
-import type { Queue } from 'bullmq'
+import type { Job, Queue } from 'bullmq'
 import type { Logger } from 'pino'
-import { jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
+import { bundleJobIdOf, jobIdOf, requestsOfJob, type SaleBundle, type SaleRequest } from '../../shared/purchases/sale-request'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
 import { currentTraceContext } from '../../shared/telemetry/purchase-spans'
 import { BatchedCalls } from './batched-calls'
+
+/**
+ * Most requests one bundle job carries; more gathered at once go as several
+ * bundles in one addBulk. Bounds a job's size and the batch a worker takes
+ * with it (a batch holds at least its head job whole).
+ */
+export const BUNDLE_MAX_REQUESTS = 100
 
 // Touching the registry more often than this per option only repeats work;
 // it must stay far below WORKER_QUEUE_IDLE_MS so a registration never lapses while in use.
@@ -35,6 +42,13 @@ export type JobState = 'pending' | 'unknown'
 function jobOptions (data: SaleRequest): { jobId: string, telemetry?: { metadata: string } } {
   const jobId = jobIdOf(data)
   return data.traceContext === undefined ? { jobId } : { jobId, telemetry: { metadata: data.traceContext } }
+}
+
+/** A bundle's job options: its id (`bundleJobIdOf`), and its first request's trace context when traced. */
+function bundleJobOptions (members: readonly SaleRequest[]): { jobId: string, telemetry?: { metadata: string } } {
+  const jobId = bundleJobIdOf(members)
+  const traceContext = members[0]?.traceContext
+  return traceContext === undefined ? { jobId } : { jobId, telemetry: { metadata: traceContext } }
 }
 
 export class PurchaseQueues {
@@ -115,17 +129,31 @@ export class PurchaseQueues {
   }
 
   /**
-   * One add per option in flight; requests that come meanwhile go as one
-   * `addBulk`, in the order they asked (batched-calls.ts): one transaction
-   * and one notification of the workers on PostgreSQL, one round trip on
-   * Redis, and the queue holds them in line order on both. All of a bulk
-   * are added or none: a failure reaches each of them.
+   * One add per option in flight; requests that come meanwhile go together,
+   * in the order they asked (batched-calls.ts), in one round trip: on Redis
+   * as bundles of up to BUNDLE_MAX_REQUESTS requests, one job each (the queue's
+   * per-job work, about 40 Redis commands, is paid per bundle, not per buyer),
+   * each request findable by its own id through the bundle index; on
+   * PostgreSQL as one `addBulk` of one job each (one transaction and one
+   * notification of the workers). The queue holds them in line order on
+   * both. All of a call are added or none: a failure reaches each of them.
    */
-  private readonly adds = new BatchedCalls<{ queue: Queue, data: SaleRequest }, undefined>(async (_ticketOptionId, requests) => {
+  private readonly adds = new BatchedCalls<{ queue: Queue, data: SaleRequest }, undefined>(async (ticketOptionId, requests) => {
     const [first] = requests
     if (first === undefined) return []
-    if (requests.length === 1) await first.queue.add(PURCHASE_JOB_NAME, first.data, jobOptions(first.data))
-    else await first.queue.addBulk(requests.map(({ data }) => ({ name: PURCHASE_JOB_NAME, data, opts: jobOptions(data) })))
+    if (requests.length === 1) {
+      await first.queue.add(PURCHASE_JOB_NAME, first.data, jobOptions(first.data))
+    } else if (!this.backend.bundles) {
+      await first.queue.addBulk(requests.map(({ data }) => ({ name: PURCHASE_JOB_NAME, data, opts: jobOptions(data) })))
+    } else {
+      const bundles: SaleRequest[][] = []
+      for (let i = 0; i < requests.length; i += BUNDLE_MAX_REQUESTS) bundles.push(requests.slice(i, i + BUNDLE_MAX_REQUESTS).map((r) => r.data))
+      // Sent together: the index and the jobs go out in one round trip.
+      await Promise.all([
+        ...bundles.map(async (members) => { await this.backend.recordBundle(ticketOptionId, bundleJobIdOf(members), members.map(jobIdOf)) }),
+        first.queue.addBulk(bundles.map((members) => ({ name: PURCHASE_JOB_NAME, data: { kind: 'bundle', requests: members } satisfies SaleBundle, opts: bundleJobOptions(members) }))),
+      ])
+    }
     return requests.map(() => undefined)
   })
 
@@ -133,26 +161,38 @@ export class PurchaseQueues {
     await this.adds.call(data.ticketOptionId, { queue: entry.queue, data })
   }
 
-  /** Jobs of the option waiting for their turn (BullMQ's waiting count: one round trip). */
+  /** Requests of the option waiting for their turn (one round trip; see the backend's waitingCount). */
   async waitingCount (ticketOptionId: string): Promise<number> {
-    return await this.backend.waitingCount(this.get(ticketOptionId).queue)
-  }
-
-  /** Whether a job (a purchase's id, or another request's `jobIdOf`) is still waiting or being applied. */
-  async jobState (ticketOptionId: string, jobId: string): Promise<JobState> {
-    const state = await this.get(ticketOptionId).queue.getJobState(jobId)
-    return state === 'unknown' || state === 'completed' || state === 'failed' ? 'unknown' : 'pending'
+    return await this.backend.waitingCount(this.get(ticketOptionId).queue, ticketOptionId)
   }
 
   /**
-   * A job still waiting or being applied, with its number in the option's
-   * line (absent for a job of older code); null when it is not pending. One
-   * read of the job's hash.
+   * The job that carries a request (a purchase's id, or another request's
+   * `jobIdOf`): its own, or the bundle the index names; undefined when none.
+   */
+  private async jobOf (ticketOptionId: string, jobId: string): Promise<Job | undefined> {
+    const { queue } = this.get(ticketOptionId)
+    const own = await queue.getJob(jobId)
+    if (own !== undefined || !this.backend.bundles) return own
+    const bundleId = await this.backend.bundleOf(ticketOptionId, jobId)
+    return bundleId === null ? undefined : await queue.getJob(bundleId)
+  }
+
+  /** Whether a request (a purchase's id, or another request's `jobIdOf`) is still waiting or being applied. */
+  async jobState (ticketOptionId: string, jobId: string): Promise<JobState> {
+    return await this.pendingJob(ticketOptionId, jobId) === null ? 'unknown' : 'pending'
+  }
+
+  /**
+   * A request still waiting or being applied, with its number in the
+   * option's line (absent for a job of older code); null when it is not
+   * pending. One read of its job's hash (two when it waits in a bundle).
    */
   async pendingJob (ticketOptionId: string, jobId: string): Promise<{ line: number | null } | null> {
-    const job = await this.get(ticketOptionId).queue.getJob(jobId)
+    const job = await this.jobOf(ticketOptionId, jobId)
     if (job === undefined || job.finishedOn !== undefined) return null
-    const line: unknown = (job.data as { line?: unknown } | undefined)?.line
+    const request = requestsOfJob(job.data)?.find((r) => jobIdOf(r) === jobId)
+    const line: unknown = request?.line ?? (job.data as { line?: unknown } | undefined)?.line
     return { line: typeof line === 'number' ? line : null }
   }
 

@@ -77,15 +77,48 @@ export type CancelRequest = Static<typeof CancelRequestSchema>
 export const SaleRequestSchema = Type.Union([PurchaseRequestSchema, HoldRequestSchema, ConfirmRequestSchema, ReleaseRequestSchema, CancelRequestSchema])
 export type SaleRequest = PurchaseRequest | HoldRequest | ConfirmRequest | ReleaseRequest | CancelRequest
 
+/**
+ * Several requests of one option in one job, in line order: what one API
+ * gathered while its previous add for the option was in flight
+ * (api/purchasing/purchase-queues.ts). A bundle costs the queue one job's
+ * add, take and completion instead of one per request; each request keeps
+ * its own id, line number and outcome, and the worker applies the bundle's
+ * requests together, in line order, as it applies any batch.
+ */
+export const SaleBundleSchema = Type.Object({
+  kind: Type.Literal('bundle'),
+  requests: Type.Array(SaleRequestSchema, { minItems: 1 }),
+})
+export type SaleBundle = Static<typeof SaleBundleSchema>
+
+/** A bundle's job id: its first request's, so a bundle added twice is queued once. */
+export function bundleJobIdOf (requests: readonly SaleRequest[]): string {
+  const [first] = requests
+  if (first === undefined) throw new Error('an empty bundle has no job id')
+  return `bundle-${jobIdOf(first)}`
+}
+
 /** What a route knows of a purchase before the service names it and enqueues it. */
 export type NewPurchase = Omit<PurchaseRequest, 'kind' | 'purchaseId' | 'enqueuedAt' | 'line'>
 /** What a route knows of a hold before the service names it and enqueues it. */
 export type NewHold = Omit<HoldRequest, 'kind' | 'reservationId' | 'enqueuedAt' | 'line'>
 
 const checker = TypeCompiler.Compile(SaleRequestSchema)
+const bundleChecker = TypeCompiler.Compile(SaleBundleSchema)
 
 export function isSaleRequest (data: unknown): data is SaleRequest {
   return checker.Check(data)
+}
+
+/**
+ * The requests a job carries, in line order: its own one, or a bundle's; null
+ * when its data is neither, or a bundle mixes options.
+ */
+export function requestsOfJob (data: unknown): SaleRequest[] | null {
+  if (checker.Check(data)) return [data]
+  if (!bundleChecker.Check(data)) return null
+  const [first] = data.requests
+  return first !== undefined && data.requests.every((r) => r.ticketOptionId === first.ticketOptionId) ? data.requests : null
 }
 
 export function isPurchaseRequest (request: SaleRequest): request is PurchaseRequest {

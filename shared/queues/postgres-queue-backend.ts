@@ -273,6 +273,13 @@ export function openPostgresQueueBackend (config: Config, log: Logger, role: Que
     retention: { removeOnComplete: { age: 300 }, removeOnFail: { age: 7 * 24 * 3600 } },
 
     // The `connection` option goes unused: the factory hands every backend the shared connection.
+    // One job per request: an add of several is already one transaction here (addBulk), and a
+    // request inside a bundle could be found only by a scan of the job table's JSON.
+    bundles: false,
+    recordBundle: async () => {},
+    bundleOf: async () => null,
+    forgetBundle: async () => {},
+
     createQueue: (name: string, settings: QueueSettings = {}) =>
       new Queue<any, any, string, any, any, string, PostgresQueueBackend, PostgresConnectionOptions>(name, { connection: config.databaseUrl, telemetry: queueTelemetry(), ...settings }, factory) as unknown as Queue,
     createWorker: (name: string, processor: Processor, settings: WorkerSettings) => {
@@ -358,7 +365,7 @@ export function openPostgresQueueBackend (config: Config, log: Logger, role: Que
         "select data from bullmq.job where queue = $1 and state = 'waiting' order by priority, seq limit $2", [queue.name, limit])
       return rows.map((r) => r.data)
     },
-    waitingCount: async (queue) => {
+    waitingCount: async (queue, _ticketOptionId) => {
       const { rows } = await pool.query<{ n: number }>("select count(*)::int as n from bullmq.job where queue = $1 and state = 'waiting'", [queue.name])
       return rows[0]?.n ?? 0
     },

@@ -56,6 +56,19 @@ export interface QueueBackend {
   /** What the queues and workers keep of finished jobs on this store. */
   readonly retention: JobRetention
 
+  /**
+   * Whether an API puts the requests of an option it gathered while an add
+   * was in flight into one job (a bundle, shared/purchases/sale-request.ts)
+   * instead of one job each.
+   */
+  readonly bundles: boolean
+  /** Records which bundle job holds each of these requests (one round trip; sent beside the add). */
+  recordBundle: (ticketOptionId: string, bundleJobId: string, memberIds: readonly string[]) => Promise<void>
+  /** The job id of the bundle that holds the request `memberId`; null when none does. */
+  bundleOf: (ticketOptionId: string, memberId: string) => Promise<string | null>
+  /** Forgets the members of a bundle that has been applied. */
+  forgetBundle: (ticketOptionId: string, memberIds: readonly string[]) => Promise<void>
+
   createQueue: (name: string, settings?: QueueSettings) => Queue
   createWorker: (name: string, processor: Processor, settings: WorkerSettings) => Worker
 
@@ -94,8 +107,8 @@ export interface QueueBackend {
   handBack: (job: Job, token: string) => Promise<void>
   /** The data of the first `limit` jobs waiting in `queue`, in the order they will be taken. */
   waitingData: (queue: Queue, limit: number) => Promise<unknown[]>
-  /** How many jobs wait in `queue` (for backpressure: read often, so one cheap read). */
-  waitingCount: (queue: Queue) => Promise<number>
+  /** How many requests wait in the option's queue, `queue` (for backpressure: read often, so one cheap read). */
+  waitingCount: (queue: Queue, ticketOptionId: string) => Promise<number>
   /**
    * The data of jobs waiting in `queue` whose line number is below `line`,
    * lowest first (at most `limit`): requests that arrived before the job

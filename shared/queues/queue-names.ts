@@ -37,3 +37,12 @@ export function lineTicketKey (prefix: string, ticketOptionId: string): string {
 export function lineAppliedKey (prefix: string, ticketOptionId: string): string {
   return `${prefix}:line-applied:{${ticketOptionId}}`
 }
+
+/**
+ * Hash of the option's requests that wait inside a bundle job (member job id
+ * → bundle job id), so a request can be found by its own id; in the option's
+ * hash slot.
+ */
+export function bundleMembersKey (prefix: string, ticketOptionId: string): string {
+  return `${prefix}:bundle-members:{${ticketOptionId}}`
+}

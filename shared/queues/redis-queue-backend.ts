@@ -17,8 +17,11 @@ import { commandNeverSent, createProducerConnection, createWorkerConnection, isC
 import { redisAnswers } from '../health-checks'
 import { queueTelemetry } from '../telemetry/purchase-spans'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
-import { activeOptionsKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from './queue-names'
+import { activeOptionsKey, bundleMembersKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from './queue-names'
 import { listActiveOptions, releaseOption, touchOption } from './queue-registry'
+
+/** How long an option's bundle index outlives its last bundle (s). */
+const BUNDLE_INDEX_TTL_S = 24 * 3600
 
 /** REDIS_CLUSTER_NODES when set, else REDIS_URL. */
 function redisTargetOf (config: Config): RedisTarget {
@@ -68,6 +71,23 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     // An hour of completed jobs, at most 10,000 per queue (a sorted set: trimming is cheap).
     retention: { removeOnComplete: { age: 3600, count: 10_000 }, removeOnFail: { age: 7 * 24 * 3600 } },
 
+    bundles: true,
+    // The member index outlives no bundle by much: workers forget a bundle's members once
+    // it is applied, and an index left by a worker that died then expires with its option's quiet.
+    recordBundle: async (ticketOptionId, bundleJobId, memberIds) => {
+      const key = bundleMembersKey(prefix, ticketOptionId)
+      const replies = await connection.pipeline()
+        .hset(key, Object.fromEntries(memberIds.map((id) => [id, bundleJobId])))
+        .expire(key, BUNDLE_INDEX_TTL_S)
+        .exec()
+      const failed = replies?.find(([err]) => err !== null)
+      if (failed?.[0] != null) throw failed[0]
+    },
+    bundleOf: async (ticketOptionId, memberId) => await connection.hget(bundleMembersKey(prefix, ticketOptionId), memberId),
+    forgetBundle: async (ticketOptionId, memberIds) => {
+      if (memberIds.length > 0) await connection.hdel(bundleMembersKey(prefix, ticketOptionId), ...memberIds)
+    },
+
     createQueue: (name: string, settings: QueueSettings = {}) => new Queue(name, { connection, prefix, telemetry: queueTelemetry(), ...settings }),
     createWorker: (name: string, processor: Processor, settings: WorkerSettings) => new Worker(name, processor, { connection, prefix, telemetry: queueTelemetry(), ...settings }),
 
@@ -98,7 +118,19 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     // BullMQ on Redis pushes it where the next take looks first.
     handBack: async (job, token) => { await job.moveToWait(token) },
     waitingData: async (queue, limit) => (await queue.getJobs(['wait'], 0, limit - 1, true)).map((job) => job.data as unknown),
-    waitingCount: async (queue) => await queue.getWaitingCount(),
+    // Requests, not jobs (a bundle is one job): the line numbers taken and not yet
+    // applied, or the jobs waiting if more (a Redis that lost its counters). One round trip.
+    waitingCount: async (queue, ticketOptionId) => {
+      const replies = await connection.pipeline()
+        .mget(lineTicketKey(prefix, ticketOptionId), lineAppliedKey(prefix, ticketOptionId))
+        .llen(keys.toKey(queue.name, 'wait'))
+        .exec()
+      const failed = replies?.find(([err]) => err !== null)
+      if (failed?.[0] != null) throw failed[0]
+      const [taken, applied] = (replies?.[0]?.[1] ?? []) as Array<string | null>
+      const jobs = Number(replies?.[1]?.[1] ?? 0)
+      return Math.max(jobs, Number(taken ?? 0) - Number(applied ?? 0))
+    },
     // moveToWait and the stalled-job check push the job back where the next take looks first.
     olderWaiting: async () => [],
 

@@ -9,6 +9,7 @@ import { PurchaseQueues } from '../../api/purchasing/purchase-queues'
 import { SaleService } from '../../api/purchasing/sale-service'
 import { COUNT_MAX_AGE_MS } from '../../api/purchasing/queue-backpressure'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
+import { requestsOfJob } from '../../shared/purchases/sale-request'
 import { buildTestApp, buy, configWith, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
 import { sleep, waitFor } from '../support/wait'
 import { createTestEnvironment, eachQueueBackend } from '../support/environment'
@@ -17,10 +18,12 @@ import { freePort } from '../support/free-port'
 import { startThrowawayRedis } from '../support/throwaway-redis'
 import { startSilentServer } from '../support/silent-server'
 
+/** Requests waiting in the option's queue, counted in its jobs (a bundle job holds several). */
 async function waitingJobs (queues: QueueBackend, optionId: string): Promise<number> {
   const queue = queues.createQueue(purchaseQueueName(optionId))
   try {
-    return await queue.getWaitingCount()
+    const jobs = await queues.waitingData(queue, 1000)
+    return jobs.reduce<number>((n, data) => n + (requestsOfJob(data)?.length ?? 0), 0)
   } finally {
     await queue.close()
   }

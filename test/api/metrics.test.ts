@@ -119,10 +119,9 @@ eachQueueBackend(t, 'queue depths: the deepest option queues, bounded, as BullMQ
   const options = await Promise.all(Array.from({ length: 12 }, async (_, i) => await createOption(app, 10, `option ${i}`)))
   const deepest = options[0] as string
   const before = await scrape(app)
-  const answers = (await Promise.all([
-    ...options.map(async (id) => await buy(app, id)),
-    buy(app, deepest), buy(app, deepest),
-  ])).map((res) => res.statusCode)
+  // The deepest queue's two more one after the other: requests that arrive together may share a bundle job (Redis).
+  const answers = (await Promise.all(options.map(async (id) => await buy(app, id)))).map((res) => res.statusCode)
+  for (let i = 0; i < 2; i++) answers.push((await buy(app, deepest)).statusCode)
   t.same(answers, answers.map(() => 202))
 
   const after = await scrape(app)

@@ -6,6 +6,7 @@
 import v8 from 'node:v8'
 import vm from 'node:vm'
 import t from 'tap'
+import { requestsOfJob } from '../../shared/purchases/sale-request'
 import type { FastifyInstance } from 'fastify'
 import { EventSource } from 'undici'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
@@ -113,11 +114,11 @@ eachQueueBackend(t, '2,000 respond-async purchases: distinct places in arrival o
   const positions = answers.map((a) => a.json().position as number)
   t.equal(new Set(positions).size, 2000, 'distinct')
   t.same([...positions].sort((a, b) => a - b), Array.from({ length: 2000 }, (_, i) => i), 'the places 0 to 1,999')
-  // The queue's own order: the jobs' line numbers rise from head to tail.
+  // The queue's own order: the requests' line numbers rise from head to tail (within a bundle job too).
   const queues = openQueues()
   const queue = queues.createQueue(purchaseQueueName(option))
   t.teardown(async () => { await queue.close() })
-  const lines = (await queues.waitingData(queue, 5000)).map((data) => (data as { line: number }).line)
+  const lines = (await queues.waitingData(queue, 5000)).flatMap((data) => requestsOfJob(data) ?? []).map((r) => r.line as number)
   t.equal(lines.length, 2000)
   t.ok(lines.every((line, i) => i === 0 || line > (lines[i - 1] as number)), 'in the order the queue holds them')
 

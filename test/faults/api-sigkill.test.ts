@@ -7,6 +7,7 @@
  */
 import { Queue } from 'bullmq'
 import t from 'tap'
+import { jobIdOf, requestsOfJob } from '../../shared/purchases/sale-request'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { createTestEnvironment } from '../support/environment'
 import { callJson } from '../support/load'
@@ -25,19 +26,24 @@ t.test('API SIGKILLed while requests wait: the jobs it enqueued are applied once
   t.teardown(async () => { await queue.close() })
 
   const burst = fireBurst(api.url, optionId, { count: REQUESTS, concurrency: REQUESTS })
-  // Bounded wait until the API has enqueued every request.
+  // Bounded wait until the API has enqueued every request (alone, or several in a bundle job).
   let jobIds: string[] = []
+  let jobs = 0
   for (let i = 0; i < 200 && jobIds.length < REQUESTS; i++) {
     await new Promise((resolve) => setTimeout(resolve, 50))
-    jobIds = (await queue.getJobs(['wait', 'prioritized', 'active', 'delayed'])).map((job) => job.id as string)
+    const queued = await queue.getJobs(['wait', 'prioritized', 'active', 'delayed'])
+    jobs = queued.length
+    jobIds = queued.flatMap((job) => requestsOfJob(job.data) ?? []).map(jobIdOf)
   }
   t.equal(jobIds.length, REQUESTS, 'every request is queued and waiting before the kill')
+  t.ok(jobs < REQUESTS, `in fewer jobs (${jobs}): requests that arrived together share a bundle job`)
   api.child.kill('SIGKILL')
   const answers = await burst
   t.same(answers.filter((a) => a.status !== 0).map((a) => a.status), [], 'no client got an answer: the API died first')
 
   const fresh = await startProcess(t, 'api', env)
-  const before = await callJson(fresh.url, 'GET', `/ticket_options/${optionId}/purchases/${jobIds[0] as string}`)
+  // The last one enqueued waits in a bundle: found by its own id through the bundle index.
+  const before = await callJson(fresh.url, 'GET', `/ticket_options/${optionId}/purchases/${jobIds[jobIds.length - 1] as string}`)
   t.equal(before.body.status, 'pending', 'before a worker runs, a fresh API reports a queued purchase as pending')
   await startProcess(t, 'worker', env)
   let applied = 0

@@ -10,8 +10,8 @@ import { sleep, waitFor } from '../support/wait'
 import { startWorker } from '../../worker/main'
 import { STUCK_RETRY_MS } from '../../worker/purchasing/purchase-processor'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
-import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
-import type { PurchaseRequest } from '../../shared/purchases/sale-request'
+import { bundleMembersKey, PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
+import { bundleJobIdOf, type PurchaseRequest, type SaleBundle } from '../../shared/purchases/sale-request'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 
@@ -186,4 +186,91 @@ eachQueueBackend(t, 'a purchase that can be neither applied nor recorded stops i
   await sleep(STUCK_RETRY_MS + 500)
   t.same((await sql.query('select id from purchases where ticket_option_id = $1', [id])).rows, [], 'the purchase behind it was not applied first')
   t.equal(await queue.getJobState(behind.purchaseId), 'waiting', 'and still waits its turn')
+})
+
+/** Bundle jobs (Redis: an API adds the requests it gathered as one job; api/purchasing/purchase-queues.ts), added straight to the queue in this order. */
+async function enqueueJobs (t: Teardown, queues: QueueBackend, ticketOptionId: string, jobs: Array<PurchaseRequest | PurchaseRequest[]>): Promise<Queue> {
+  const queue = queueOf(t, queues, ticketOptionId)
+  await queue.setGlobalConcurrency(1)
+  for (const entry of jobs) {
+    if (!Array.isArray(entry)) {
+      await queue.add(PURCHASE_JOB_NAME, entry, { jobId: entry.purchaseId })
+      continue
+    }
+    const bundleId = bundleJobIdOf(entry)
+    await queues.recordBundle(ticketOptionId, bundleId, entry.map((r) => r.purchaseId))
+    await queue.add(PURCHASE_JOB_NAME, { kind: 'bundle', requests: entry } satisfies SaleBundle, { jobId: bundleId })
+  }
+  await queues.touchOption(ticketOptionId, Date.now())
+  return queue
+}
+
+/** Line numbers in the order given, as the API hands them out. */
+function numbered (jobs: Array<PurchaseRequest | PurchaseRequest[]>): Array<PurchaseRequest | PurchaseRequest[]> {
+  let line = 0
+  const number = (r: PurchaseRequest): PurchaseRequest => ({ ...r, line: ++line })
+  return jobs.map((entry) => Array.isArray(entry) ? entry.map(number) : number(entry))
+}
+
+t.test('bundles: a batch takes whole jobs while they fit, in order; a bundle applied with an earlier batch reports from it; the bundle index is emptied', async (t) => {
+  const { app, sql, config, openQueues, redis, prefix } = await setUp(t, { worker: false, env: { WORKER_BATCH_SIZE: '3' } })
+  const id = await createOption(app, 10)
+  const jobs = numbered([job(id, 1), [job(id, 1), job(id, 1)], [job(id, 1), job(id, 1), job(id, 1)], job(id, 1)])
+  const queue = await enqueueJobs(t, openQueues(), id, jobs)
+  t.equal(await redis.hlen(bundleMembersKey(prefix, id)), 5, 'the index knows the 5 bundled requests')
+  await startTestWorker(t, config)
+
+  const all = jobs.flat()
+  const rows = await appliedInOrder(sql, id, all.length)
+  t.same(rows.map((r) => r.id), all.map((r) => r.purchaseId), 'applied in line order')
+  // One transaction per batch: the rows a batch wrote share its transaction id.
+  const { rows: batches } = await sql.query<{ ids: string[] }>('select array_agg(id::text order by seq) as ids from purchases where ticket_option_id = $1 group by xmin::text order by min(seq)', [id])
+  t.same(batches.map((b) => b.ids.length), [3, 3, 1], 'the head with the 2-request bundle; the 3-request bundle alone (the size is 3); the last job alone')
+  const second = jobs[1] as PurchaseRequest[]
+  const reported = (await finished(queue, bundleJobIdOf(second))).returnvalue as Array<{ id: string, status: string }>
+  t.same(reported.map((o) => [o.id, o.status]), second.map((r) => [r.purchaseId, 'succeeded']), 'a bundle applied with an earlier batch returns its own outcomes')
+  await waitFor(async () => await redis.hlen(bundleMembersKey(prefix, id)), (n) => n === 0)
+  t.pass('the index is empty once both bundles are applied')
+  t.same(await unbalancedOptions(sql), [])
+})
+
+for (const batchSize of ['1', '100']) {
+  t.test(`bundles: a refused request inside a bundle is recorded as rejected in its turn, and its neighbours are applied (batch size ${batchSize})`, async (t) => {
+    const { app, sql, config, openQueues } = await setUp(t, { worker: false, env: { WORKER_BATCH_SIZE: batchSize } })
+    const id = await createOption(app, 10)
+    const refused = { ...job(id, 2), requestId: 'bad\u0000byte' }
+    const jobs = numbered([job(id, 1), [job(id, 2), refused, job(id, 3)], job(id, 1)])
+    const queue = await enqueueJobs(t, openQueues(), id, jobs)
+    await startTestWorker(t, config)
+
+    const all = jobs.flat()
+    const rows = await appliedInOrder(sql, id, all.length)
+    t.same(rows.map((r) => r.id), all.map((r) => r.purchaseId), 'recorded in line order')
+    t.same(rows.map((r) => [r.status, r.reason]), [['succeeded', null], ['succeeded', null], ['rejected', 'unprocessable'], ['succeeded', null], ['succeeded', null]])
+    const bundle = (await finished(queue, bundleJobIdOf(jobs[1] as PurchaseRequest[]))).returnvalue as Array<{ status: string }>
+    t.same(bundle.map((o) => o.status), ['succeeded', 'rejected', 'succeeded'], 'the bundle job completes with each request\'s outcome')
+    t.equal((await sql.query('select allocation from ticket_options where id = $1', [id])).rows[0].allocation, 3, 'the refused one took nothing')
+    t.same(await unbalancedOptions(sql), [])
+  })
+}
+
+t.test('a bundle whose data is broken fails without retrying and buys nothing', async (t) => {
+  const { app, sql, openQueues } = await setUp(t)
+  const id = await createOption(app, 5)
+  const other = await createOption(app, 5)
+  const queues = openQueues()
+  const queue = queueOf(t, queues, id)
+  const cases = [
+    { kind: 'bundle', requests: [] },
+    { kind: 'bundle', requests: [job(id, 1), { ...job(id, 1), quantity: 0 }] },
+    { kind: 'bundle', requests: [job(id, 1), job(other, 1)] },
+  ]
+  for (const data of cases) {
+    const added = await queue.add(PURCHASE_JOB_NAME, data, { attempts: 5 })
+    await queues.touchOption(id, Date.now())
+    const failed = await finished(queue, added.id as string)
+    t.match(failed.failedReason, /does not hold purchase data/, JSON.stringify(data).slice(0, 60))
+    t.equal(failed.attemptsMade, 1, 'not retried')
+  }
+  t.equal((await sql.query('select count(*)::int as n from purchases')).rows[0].n, 0)
 })

@@ -20,7 +20,7 @@
 import { UnrecoverableError, WaitingError, type Job, type Queue } from 'bullmq'
 import type { Logger } from 'pino'
 import { isTransientDbError, withTransaction, type Db } from '../../shared/db'
-import { isSaleRequest, jobIdOf, lastLineOf, type SaleRequest } from '../../shared/purchases/sale-request'
+import { jobIdOf, lastLineOf, requestsOfJob, type SaleRequest } from '../../shared/purchases/sale-request'
 import type { AppliedMessage } from '../../shared/purchases/purchase-outcomes'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { annotateActiveSpan, inTransactionSpan, PurchaseAttribute, requestAttributes, transactionCommitted } from '../../shared/telemetry/purchase-spans'
@@ -30,7 +30,7 @@ import type { WorkerMetrics } from '../monitoring/metrics'
 export interface PurchaseProcessorDeps {
   db: Db
   /** where outcomes are sent: inside the transaction (PostgreSQL) or after it (Redis) */
-  backend: Pick<QueueBackend, 'recordApplied' | 'publishApplied' | 'publishApplying' | 'olderWaiting' | 'waitingData' | 'handBack'>
+  backend: Pick<QueueBackend, 'recordApplied' | 'publishApplied' | 'publishApplying' | 'olderWaiting' | 'waitingData' | 'handBack' | 'forgetBundle'>
   batchSize: number
   dbRetryMs: number
   log: Logger
@@ -77,6 +77,16 @@ export class RecentOutcomes {
     if (record !== undefined) this.entries.delete(jobId)
     return record
   }
+
+  /** The outcomes of all these requests, forgotten; undefined (and nothing forgotten) unless every one is known. */
+  takeAll (jobIds: readonly string[]): SaleOutcome[] | undefined {
+    if (jobIds.length === 1) {
+      const one = this.take(jobIds[0] as string)
+      return one === undefined ? undefined : [one]
+    }
+    if (!jobIds.every((id) => this.entries.has(id))) return undefined
+    return jobIds.map((id) => this.take(id) as SaleOutcome)
+  }
 }
 
 const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
@@ -93,21 +103,37 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
   const { db, backend, batchSize, log } = deps
 
   /**
-   * The batch of `head`, in arrival (line) order: the next waiting requests
-   * (up to the batch size), and any that arrived before it but wait behind it
-   * (handed back or recovered from a stalled worker to the tail of the queue,
-   * as BullMQ's PostgreSQL backend does). Those are looked for only when
-   * `head` is not the next line number this process expects.
+   * The batch of the held job's requests, in arrival (line) order: with the
+   * requests of the next waiting jobs (whole jobs, while they fit in the batch
+   * size; a bundle counts its requests), and any that arrived before them but
+   * wait behind (handed back or recovered from a stalled worker to the tail
+   * of the queue, as BullMQ's PostgreSQL backend does). Those are looked for
+   * only when the held job does not start at the next line number this
+   * process expects.
    */
-  async function batchOf (head: SaleRequest): Promise<SaleRequest[]> {
+  async function batchOf (held: readonly SaleRequest[]): Promise<SaleRequest[]> {
+    const [head] = held
+    if (head === undefined) return []
+    const room = batchSize - held.length
     // The queue's global concurrency is 1, so nobody else takes these while we hold the head job.
     const [jobs, older] = await Promise.all([
-      batchSize <= 1 ? [] : backend.waitingData(queue, batchSize - 1),
+      room <= 0 ? [] : backend.waitingData(queue, room),
       head.line !== undefined && head.line > deps.recent.lastApplied(head.ticketOptionId) + 1 ? backend.olderWaiting(queue, head.line, batchSize) : [],
     ])
-    const byId = new Map<string, SaleRequest>([[jobIdOf(head), head]])
-    for (const data of [...older, ...jobs]) {
-      if (isSaleRequest(data) && data.ticketOptionId === head.ticketOptionId && !byId.has(jobIdOf(data))) byId.set(jobIdOf(data), data)
+    const byId = new Map<string, SaleRequest>(held.map((r) => [jobIdOf(r), r]))
+    const take = (data: unknown): void => {
+      for (const r of requestsOfJob(data) ?? []) {
+        if (r.ticketOptionId === head.ticketOptionId && !byId.has(jobIdOf(r))) byId.set(jobIdOf(r), r)
+      }
+    }
+    for (const data of older) take(data)
+    // A prefix of the waiting jobs: taking a later job without an earlier one would let it overtake.
+    let left = room
+    for (const data of jobs) {
+      const size = requestsOfJob(data)?.length ?? 1
+      if (size > left) break
+      left -= size
+      take(data)
     }
     // Requests of older code carry no line: they came first.
     return [...byId.values()].sort((a, b) => (a.line ?? 0) - (b.line ?? 0))
@@ -157,34 +183,46 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
   }
 
   /**
-   * The outcomes of the batch. A batch PostgreSQL refuses is tried again with
-   * its first request alone (one bad purchase must not sink its neighbours);
-   * one refused alone is recorded as rejected. `first()` is the batch's first
-   * request in line: the held job itself, unless an older one waited behind it.
+   * The outcomes of the batch. A batch PostgreSQL refuses is tried again one
+   * request at a time, in line order, up to the held job's last request (one
+   * bad purchase must not sink its neighbours); one refused alone is recorded
+   * as rejected. `batchRead()` is what the first try read: the batch, or the
+   * held requests when the read itself failed.
    */
-  async function decide (held: SaleRequest, first: () => SaleRequest, requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<Applied> {
+  async function decide (held: readonly SaleRequest[], batchRead: () => readonly SaleRequest[], requests: () => Promise<SaleRequest[]>, jobLog: Logger): Promise<Applied> {
+    const [head] = held as [SaleRequest]
     try {
-      return await applyBatch(held, first().ticketOptionId, requests, jobLog)
+      return await applyBatch(head, head.ticketOptionId, requests, jobLog)
     } catch (err) {
       if (err instanceof HandBack || err instanceof UnknownTicketOptionError) throw err
-      jobLog.error({ err }, 'PostgreSQL refused the batch; applying the purchase alone')
+      jobLog.error({ err }, 'PostgreSQL refused the batch; applying its requests one at a time')
     }
-    const head = first()
+    const lastHeld = lastLineOf(held)
+    const heldIds = new Set(held.map(jobIdOf))
+    const batch = batchRead()
+    const alone = batch.filter((r) => heldIds.has(jobIdOf(r)) || (lastHeld !== null && r.line !== undefined && r.line <= lastHeld))
+    const outcomes: SaleOutcome[] = []
+    for (const request of alone) outcomes.push(...(await decideAlone(request, jobLog)).message.outcomes)
+    return { batch: alone, message: appliedMessage(head.ticketOptionId, alone, outcomes) }
+  }
+
+  /** One request in a transaction of its own; recorded as rejected (unprocessable) when PostgreSQL refuses it. */
+  async function decideAlone (request: SaleRequest, jobLog: Logger): Promise<Applied> {
     try {
-      return await applyBatch(held, head.ticketOptionId, async () => [head], jobLog)
+      return await applyBatch(request, request.ticketOptionId, async () => [request], jobLog)
     } catch (err) {
       if (err instanceof HandBack || err instanceof UnknownTicketOptionError) throw err
-      jobLog.error({ err }, 'PostgreSQL refused the purchase; recording it as rejected (unprocessable)')
+      jobLog.error({ err, id: jobIdOf(request) }, 'PostgreSQL refused the purchase; recording it as rejected (unprocessable)')
     }
     try {
       return await retryingOutages(async () => {
-        const message = appliedMessage(head.ticketOptionId, [head], [await rejectUnprocessable(db, head)])
+        const message = appliedMessage(request.ticketOptionId, [request], [await rejectUnprocessable(db, request)])
         await withTransaction(db, async (client) => { await backend.recordApplied(client, message) })
-        return { batch: [head], message }
+        return { batch: [request], message }
       }, jobLog)
     } catch (err) {
       if (err instanceof HandBack) throw err
-      jobLog.error({ err }, 'the purchase can be neither applied nor recorded; its option\'s queue waits for it')
+      jobLog.error({ err, id: jobIdOf(request) }, 'the purchase can be neither applied nor recorded; its option\'s queue waits for it')
       await sleep(STUCK_RETRY_MS)
       throw new HandBack('neither applied nor recorded', { cause: err })
     }
@@ -198,30 +236,38 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     throw new WaitingError()
   }
 
-  return async function processPurchase (job: Job, token?: string): Promise<SaleOutcome> {
-    const data: unknown = job.data
-    if (!isSaleRequest(data)) throw new UnrecoverableError(`job ${job.id ?? '?'} does not hold purchase data`)
+  /**
+   * Applies the job's request (or a bundle's requests) with a batch, and
+   * returns its outcome (a bundle: one per request, in order).
+   */
+  return async function processPurchase (job: Job, token?: string): Promise<SaleOutcome | SaleOutcome[]> {
+    const held = requestsOfJob(job.data)
+    const [data] = held ?? []
+    if (held === null || data === undefined) throw new UnrecoverableError(`job ${job.id ?? '?'} does not hold purchase data`)
+    const bundled = held.length > 1 || (job.data as { kind?: unknown }).kind === 'bundle'
+    const heldIds = held.map(jobIdOf)
     // Before the child logger: under load most jobs end here, and a pino child costs a serialization.
-    const early = deps.recent.take(jobIdOf(data))
+    const early = deps.recent.takeAll(heldIds)
     if (early !== undefined) {
-      annotateActiveSpan(() => ({ ...requestAttributes(data), [PurchaseAttribute.outcome]: outcomeStatus(early), 'purchase.applied_in_earlier_batch': true }))
+      annotateActiveSpan(() => ({ ...requestAttributes(data), [PurchaseAttribute.outcome]: outcomeStatus(early[0] as SaleOutcome), 'purchase.applied_in_earlier_batch': true }))
       // Debug only (one line per purchase is too many at info in a sale); keeps reqId so a purchase can be followed.
-      if (log.isLevelEnabled('debug')) log.debug({ jobId: job.id, reqId: data.requestId, ticketOptionId: data.ticketOptionId, status: outcomeStatus(early) }, 'applied in an earlier batch')
-      return early // applied and published with an earlier job's batch
+      if (log.isLevelEnabled('debug')) log.debug({ jobId: job.id, reqId: data.requestId, ticketOptionId: data.ticketOptionId, status: early.map(outcomeStatus) }, 'applied in an earlier batch')
+      if (bundled) forget(data.ticketOptionId, heldIds)
+      return bundled ? early : early[0] as SaleOutcome // applied and published with an earlier job's batch
     }
     const jobLog = log.child({ jobId: job.id, reqId: data.requestId, ticketOptionId: data.ticketOptionId })
 
     // Read the next waiting jobs from Redis while the transaction begins in
     // PostgreSQL: one round trip less per purchase at low load (bench `latency`).
     // The first attempt uses this read; a retry reads the queue again.
-    let prefetched: Promise<SaleRequest[]> | undefined = batchOf(data)
+    let prefetched: Promise<SaleRequest[]> | undefined = batchOf(held)
     prefetched.catch(() => {}) // awaited in the transaction; a failure before that is not "unhandled"
-    let first: SaleRequest = data
+    let batchRead: readonly SaleRequest[] = held
     const requests = async (): Promise<SaleRequest[]> => {
-      const next = prefetched ?? batchOf(data)
+      const next = prefetched ?? batchOf(held)
       prefetched = undefined
       const batch = await next
-      first = batch[0] ?? data
+      batchRead = batch
       // Buyers batched behind the head read position 0 while it runs (the head reads 0
       // anyway: nothing is ahead of it). Not awaited; a lost message only delays that.
       const applyingLine = batch.length > 1 ? lastLineOf(batch) : null
@@ -230,35 +276,45 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     }
     let applied: Applied
     try {
-      applied = await decide(data, () => first, requests, jobLog)
+      applied = await decide(held, () => batchRead, requests, jobLog)
     } catch (err) {
       if (err instanceof UnknownTicketOptionError) throw new UnrecoverableError(err.message)
       if (!(err instanceof HandBack) || token === undefined) throw err
       return await handBack(job, token, jobLog, err.cause ?? err)
     }
     const { outcomes } = applied.message
-    const ownId = jobIdOf(data)
-    const own = outcomes.find((o) => o.id === ownId)
+    const byId = new Map(outcomes.map((o) => [o.id, o]))
+    const own = heldIds.map((id) => byId.get(id))
     // Published even for outcomes recorded before (a redelivered job), since
     // the first worker may have died between COMMIT and publishing.
     try {
       deps.metrics?.requestsDecided(data.ticketOptionId, applied.batch.map((r) => r.enqueuedAt))
       deps.recent.noteApplied(data.ticketOptionId, applied.message.appliedLine)
-      for (const outcome of outcomes) if (outcome.id !== ownId) deps.recent.remember(outcome)
+      const heldSet = new Set(heldIds)
+      for (const outcome of outcomes) if (!heldSet.has(outcome.id)) deps.recent.remember(outcome)
       await backend.publishApplied(applied.message)
     } catch (err) {
       // Waiters fall back to reading PostgreSQL; the purchases are committed
       // either way, and the batched jobs publish again when their turn comes.
       jobLog.warn({ err }, 'could not publish purchase outcomes')
     }
-    // Only an older request, applied alone after its batch was refused: this one waits its turn again.
-    if (own === undefined) return await handBack(job, token, jobLog, new Error('an older request was applied alone first'))
-    annotateActiveSpan(() => ({ ...requestAttributes(data), [PurchaseAttribute.outcome]: outcomeStatus(own), [PurchaseAttribute.batchSize]: outcomes.length }))
+    if (own.some((o) => o === undefined)) return await handBack(job, token, jobLog, new Error('a request of the job was not applied'))
+    const ownOutcomes = own as SaleOutcome[]
+    if (bundled) forget(data.ticketOptionId, heldIds)
+    annotateActiveSpan(() => ({ ...requestAttributes(data), [PurchaseAttribute.outcome]: outcomeStatus(ownOutcomes[0] as SaleOutcome), [PurchaseAttribute.batchSize]: outcomes.length }))
     if (jobLog.isLevelEnabled('debug')) {
-      const kind = data.kind ?? 'purchase'
-      jobLog.debug({ ...(kind === 'purchase' ? { purchaseId: own.id } : { id: own.id }), status: outcomeStatus(own), batch: outcomes.length }, `${kind} applied`)
+      for (const [i, request] of held.entries()) {
+        const kind = request.kind ?? 'purchase'
+        const outcome = ownOutcomes[i] as SaleOutcome
+        jobLog.debug({ ...(kind === 'purchase' ? { purchaseId: outcome.id } : { id: outcome.id }), reqId: request.requestId, status: outcomeStatus(outcome), batch: outcomes.length }, `${kind} applied`)
+      }
     }
-    return own
+    return bundled ? ownOutcomes : ownOutcomes[0] as SaleOutcome
+  }
+
+  /** Drops an applied bundle's requests from the bundle index (not awaited: a leftover entry names a finished job, which reads as not pending). */
+  function forget (ticketOptionId: string, memberIds: readonly string[]): void {
+    backend.forgetBundle(ticketOptionId, memberIds).catch((err: unknown) => { log.warn({ err, ticketOptionId }, 'could not forget an applied bundle') })
   }
 }
 
