@@ -6,9 +6,13 @@
  * The trade-off: asking Redis for the queue's length on every request would
  * add a round trip to every purchase in a sale, and an exact check would
  * have to run inside BullMQ's own add script. Instead each API process keeps
- * one count per option: the waiting count read from Redis at most every
- * COUNT_MAX_AGE_MS (one read at a time, shared by the requests that need it),
- * plus the places it has handed out since. Within one process the cap is
+ * one count per option: the waiting count read from Redis (one read at a
+ * time, shared by the requests that need it), plus the places it has handed
+ * out since. The count is read again once it is COUNT_MAX_AGE_MS old when
+ * the queue is at least half full by it, and once it is RELAXED_MAX_AGE_MS
+ * old otherwise: far from the cap a stale count cannot let the queue
+ * overflow, and with many options at once (bench `spread`) a read every
+ * 100 ms per option was nearly one round trip per purchase. Within one process the cap is
  * exact: a place is reserved before the job is added and given back when no
  * job was added. Across N API replicas the others' additions are seen only at
  * the next read, so the queue may overshoot by what the other replicas add in
@@ -16,8 +20,10 @@
  * memory and the wait of the last buyer, neither of which needs it exact.
  */
 
-/** How old a queue's waiting count may get before a request reads it again (ms). */
+/** How old a queue's waiting count may get before a request reads it again (ms), once the queue is half full. */
 export const COUNT_MAX_AGE_MS = 100
+/** The same while the queue is less than half full by this process's count (ms). */
+export const RELAXED_MAX_AGE_MS = 1000
 
 interface Count {
   /** jobs waiting: the last read, plus the places kept since */
@@ -43,6 +49,7 @@ export interface QueueBackpressureOptions {
   waitingCount: (ticketOptionId: string) => Promise<number>
   maxWaiting: number
   maxAgeMs?: number
+  relaxedMaxAgeMs?: number
   /** most options tracked; beyond it the counts start over (each is read again) */
   capacity?: number
 }
@@ -50,10 +57,12 @@ export interface QueueBackpressureOptions {
 export class QueueBackpressure {
   private readonly counts = new Map<string, Count>()
   private readonly maxAgeMs: number
+  private readonly relaxedMaxAgeMs: number
   private readonly capacity: number
 
   constructor (private readonly options: QueueBackpressureOptions) {
     this.maxAgeMs = options.maxAgeMs ?? COUNT_MAX_AGE_MS
+    this.relaxedMaxAgeMs = options.relaxedMaxAgeMs ?? RELAXED_MAX_AGE_MS
     this.capacity = options.capacity ?? 10_000
   }
 
@@ -92,7 +101,8 @@ export class QueueBackpressure {
       count = { waiting: 0, inFlight: 0, kept: 0, readAt: Number.NEGATIVE_INFINITY, reading: null }
       this.counts.set(ticketOptionId, count)
     }
-    if (Date.now() - count.readAt >= this.maxAgeMs) {
+    const halfFull = 2 * (count.waiting + count.inFlight) >= this.options.maxWaiting
+    if (Date.now() - count.readAt >= (halfFull ? this.maxAgeMs : this.relaxedMaxAgeMs)) {
       const entry = count
       const keptBefore = entry.kept
       entry.reading ??= this.options.waitingCount(ticketOptionId).then((waiting) => {

@@ -7,7 +7,7 @@ import t from 'tap'
 import pino from 'pino'
 import { PurchaseQueues } from '../../api/purchasing/purchase-queues'
 import { SaleService } from '../../api/purchasing/sale-service'
-import { COUNT_MAX_AGE_MS } from '../../api/purchasing/queue-backpressure'
+import { COUNT_MAX_AGE_MS, QueueBackpressure } from '../../api/purchasing/queue-backpressure'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { requestsOfJob } from '../../shared/purchases/sale-request'
 import { buildTestApp, buy, configWith, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
@@ -146,4 +146,36 @@ t.test('PostgreSQL down: creates, reads and purchases answer 503 within about 2 
       }))
     })
   }
+})
+
+t.test('the waiting count is read every maxAgeMs once the queue is half full, and less often below that', async (t) => {
+  let reads = 0
+  let waiting = 10
+  const backpressure = new QueueBackpressure({ waitingCount: async () => { reads++; return waiting }, maxWaiting: 100, maxAgeMs: 50, relaxedMaxAgeMs: 400 })
+  await backpressure.reserve('option')
+  t.equal(reads, 1, 'the first request reads it')
+  await sleep(120)
+  await backpressure.reserve('option')
+  t.equal(reads, 1, '10 of 100 waiting: a count 120 ms old is still used')
+  await sleep(320)
+  await backpressure.reserve('option')
+  t.equal(reads, 2, 'and read again once 400 ms old')
+
+  waiting = 60
+  await sleep(420)
+  await backpressure.reserve('option')
+  t.equal(reads, 3)
+  await sleep(70)
+  const slot = await backpressure.reserve('option')
+  t.equal(reads, 4, '60 of 100 waiting: read again once 50 ms old')
+  slot?.release()
+
+  // Places handed out count too: this process alone can fill half the queue between reads.
+  waiting = 0
+  const other = new QueueBackpressure({ waitingCount: async () => { reads++; return waiting }, maxWaiting: 10, maxAgeMs: 50, relaxedMaxAgeMs: 60_000 })
+  const before = reads
+  for (let i = 0; i < 5; i++) (await other.reserve('option'))?.keep()
+  await sleep(70)
+  await other.reserve('option')
+  t.equal(reads - before, 2, '5 kept of 10: the count is read again after 50 ms, not a minute')
 })
