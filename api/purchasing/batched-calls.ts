@@ -15,8 +15,8 @@ interface Waiting<T, R> {
   item: T
   resolve: (result: R) => void
   reject: (err: unknown) => void
-  /** set on the first of a batch: runs a function in that caller's async context */
-  inCallerContext?: (fn: () => void) => void
+  /** set on the first of a batch: that caller's async context, to send the batch in */
+  context?: AsyncResource
 }
 
 interface KeyState<T, R> {
@@ -38,7 +38,8 @@ export class BatchedCalls<T, R> {
         this.keys.set(key, state)
       }
       const first = state.waiting.length === 0
-      state.waiting.push(first ? { item, resolve, reject, inCallerContext: AsyncResource.bind((fn: () => void) => { fn() }) } : { item, resolve, reject })
+      // An AsyncResource, not AsyncResource.bind: bind builds two deprecation wrappers per call (Node 20), 2 % of the API's CPU in a sale.
+      state.waiting.push(first ? { item, resolve, reject, context: new AsyncResource('BatchedCalls') } : { item, resolve, reject })
       // The first of a batch waits for the end of this turn, so the requests of the same turn join it.
       if (!state.sending && state.waiting.length === 1) setImmediate(() => { this.flush(key) })
     })
@@ -59,7 +60,8 @@ export class BatchedCalls<T, R> {
     }
     state.waiting = []
     state.sending = true
-    const run = batch[0]?.inCallerContext ?? ((fn: () => void) => { fn() })
+    const context = batch[0]?.context
+    const run = context === undefined ? (fn: () => void) => { fn() } : (fn: () => void) => { context.runInAsyncScope(fn) }
     run(() => {
       this.send(key, batch.map((w) => w.item)).then((results) => {
         batch.forEach((w, i) => { w.resolve(results[i] as R) })

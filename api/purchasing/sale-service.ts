@@ -104,7 +104,8 @@ class NothingQueuedError extends Error {
 interface NewRecordKind<T> {
   request: (id: string) => PurchaseRequest | HoldRequest
   find: (db: Db, ticketOptionId: string, id: string) => Promise<T | null>
-  requestHash: string
+  /** for an Idempotency-Key only: computed when one is given (a SHA-256 per request otherwise) */
+  requestHash: () => string
   /** purchases are counted for /metrics */
   observed: boolean
 }
@@ -127,7 +128,7 @@ export class SaleService {
     return await this.submitNew(purchase.ticketOptionId, purchase.quantity, options, {
       request: (purchaseId) => ({ ...purchase, kind: 'purchase', purchaseId, enqueuedAt: Date.now() }),
       find: findPurchase,
-      requestHash: purchaseRequestHash(purchase.quantity),
+      requestHash: () => purchaseRequestHash(purchase.quantity),
       observed: true,
     })
   }
@@ -136,7 +137,7 @@ export class SaleService {
     return await this.submitNew(hold.ticketOptionId, hold.quantity, options, {
       request: (reservationId) => ({ ...hold, kind: 'hold', reservationId, enqueuedAt: Date.now() }),
       find: findReservation,
-      requestHash: holdRequestHash(hold.quantity, hold.holdSeconds),
+      requestHash: () => holdRequestHash(hold.quantity, hold.holdSeconds),
       observed: false,
     })
   }
@@ -287,14 +288,15 @@ export class SaleService {
    */
   private async submitOnce<T extends PurchaseRecord | ReservationRecord> (ticketOptionId: string, key: string, kind: NewRecordKind<T>, waitMs: number): Promise<QueuedResult<T>> {
     const { db, idempotencyKeyTtlHours } = this.deps
+    const requestHash = kind.requestHash()
     for (let attempt = 1; attempt <= IDEMPOTENCY_CLAIM_ATTEMPTS; attempt++) {
       const request = kind.request(randomUUID())
       const claim = await claimIdempotencyKey(db, {
-        ticketOptionId, userId: request.userId, key, requestHash: kind.requestHash, purchaseId: jobIdOf(request), ttlHours: idempotencyKeyTtlHours,
+        ticketOptionId, userId: request.userId, key, requestHash, purchaseId: jobIdOf(request), ttlHours: idempotencyKeyTtlHours,
       })
       if (claim.kind === 'claimed') return await this.enqueueAndWait(request, key, kind.find, waitMs)
       if (claim.kind === 'vanished') continue
-      if (claim.row.request_hash !== kind.requestHash) return { kind: 'idempotency_key_reused' }
+      if (claim.row.request_hash !== requestHash) return { kind: 'idempotency_key_reused' }
       const followed = await this.follow(kind.request(claim.row.purchase_id), kind.find, waitMs)
       if (followed !== null) return followed
       // The key's request was never queued (its enqueue failed and it was voided): start afresh.

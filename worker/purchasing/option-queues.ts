@@ -19,6 +19,7 @@ import type { Db } from '../../shared/db'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
 import type { WorkerMetrics } from '../monitoring/metrics'
+import { GroupCommit } from './group-commit'
 import { createPurchaseProcessor, RecentOutcomes } from './purchase-processor'
 
 /**
@@ -60,11 +61,15 @@ export interface OptionQueuesDeps {
 export class OptionQueues {
   private readonly running = new Map<string, RunningQueue>()
   private readonly recent = new RecentOutcomes()
+  /** Every option's batches share transactions with the others ready at the same moment; half the pool at most. */
+  readonly transactions: GroupCommit
   private rescanTimer: NodeJS.Timeout | undefined
   private rescanning: Promise<void> | undefined
   private closing = false
 
-  constructor (private readonly deps: OptionQueuesDeps) {}
+  constructor (private readonly deps: OptionQueuesDeps) {
+    this.transactions = new GroupCommit(deps.db, Math.max(1, Math.floor(deps.config.databasePoolSize / 2)))
+  }
 
   /** Option ids this process currently runs a Worker for. */
   get activeOptionIds (): string[] {
@@ -144,6 +149,7 @@ export class OptionQueues {
     const queue = this.newQueue(ticketOptionId)
     const processor = createPurchaseProcessor(queue, {
       db,
+      transactions: this.transactions,
       backend,
       batchSize: config.workerBatchSize,
       dbRetryMs: config.workerDbRetryMs,

@@ -26,9 +26,12 @@ import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { annotateActiveSpan, inTransactionSpan, PurchaseAttribute, requestAttributes, transactionCommitted } from '../../shared/telemetry/purchase-spans'
 import { applySaleBatch, outcomeStatus, rejectUnprocessable, UnknownTicketOptionError, type SaleOutcome } from '../../shared/purchases/sale-store'
 import type { WorkerMetrics } from '../monitoring/metrics'
+import type { GroupCommit } from './group-commit'
 
 export interface PurchaseProcessorDeps {
   db: Db
+  /** where a batch's transaction runs: with other options' batches of the moment (group-commit.ts) */
+  transactions: Pick<GroupCommit, 'run'>
   /** where outcomes are sent: inside the transaction (PostgreSQL) or after it (Redis) */
   backend: Pick<QueueBackend, 'recordApplied' | 'publishApplied' | 'publishApplying' | 'olderWaiting' | 'waitingData' | 'handBack' | 'forgetBundle'>
   batchSize: number
@@ -169,7 +172,7 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
       // Timed from BEGIN to COMMIT (the batch read from the queue overlaps with BEGIN).
       const began = process.hrtime.bigint()
       const startTime = Date.now()
-      const applied = await withTransaction(db, async (client) => {
+      const applied = await deps.transactions.run(async (client) => {
         const batch = await requests()
         const message = appliedMessage(ticketOptionId, batch, await applySaleBatch(client, ticketOptionId, batch))
         await backend.recordApplied(client, message)
