@@ -48,7 +48,7 @@ export class GroupCommit {
   private waiting: Waiting[] = []
   private inFlight = 0
   private scheduled = false
-  /** Groups committed and the batches they held, for tests and the bench. */
+  /** Groups run and the batches they held (read by the tests). */
   readonly stats = { groups: 0, batches: 0, largest: 0 }
 
   constructor (private readonly db: Db, private readonly maxInFlight: number) {
