@@ -1,18 +1,20 @@
 /**
- * Applies purchase jobs of one option. The job being processed also takes the
- * next waiting purchases of its queue (up to the batch size) and applies them
- * all in one transaction under one row lock, each with its own outcome, in
- * arrival order. When those jobs' turns come, their outcome is already
- * recorded and they only report it.
+ * Applies purchase jobs of one option. A job carries one request, or a bundle
+ * of requests an API gathered (shared/purchases/sale-request.ts). The job being
+ * processed also takes the next waiting jobs of its queue, whole, while their
+ * requests fit in the batch size, and applies them all in one transaction
+ * under one row lock (shared with other options' batches of the moment:
+ * group-commit.ts), each with its own outcome, in arrival order. When those
+ * jobs' turns come, their outcomes are already recorded and they only report them.
  *
  * A rejection ("not enough tickets") is a result, not a failure. No failure
  * lets a later purchase of the option overtake this one (DESIGN.md invariant 4):
  * - PostgreSQL unreachable: retried in place for WORKER_DB_RETRY_MS, then the
  *   job goes back to the head of its queue (never to `delayed`, from where the
  *   next job would be taken first) and is taken again;
- * - PostgreSQL refuses the batch (bad data, not an outage): the head is tried
- *   alone, and when it is refused alone it is recorded as rejected
- *   `unprocessable`, in its turn;
+ * - PostgreSQL refuses the batch (bad data, not an outage): its requests up to
+ *   the job's last are tried one at a time, in line order, and one refused
+ *   alone is recorded as rejected `unprocessable`, in its turn;
  * - when even that record is refused, the queue waits for this job, with an
  *   error logged on every try, until an operator acts.
  * Only a job whose data is not a purchase, or names no option, fails outright.
