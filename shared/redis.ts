@@ -8,7 +8,7 @@
  * @see https://docs.bullmq.io/guide/going-to-production
  * @see https://docs.bullmq.io/guide/redis-cluster
  */
-import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, type ChainableCommander, type ClusterOptions, type RedisOptions } from 'ioredis'
 import type { Logger } from 'pino'
 import type { RedisNode } from './config'
 
@@ -23,6 +23,14 @@ export function isCluster (redis: RedisClient): redis is Cluster {
 }
 
 /** Publishes on a channel: sharded on a cluster (only the channel's shard hears it), plain otherwise. */
+/** Runs a pipeline and returns its replies in order; throws the first command's error, as one command would. */
+export async function execPipeline (pipeline: ChainableCommander): Promise<unknown[]> {
+  const replies = (await pipeline.exec()) ?? []
+  const failed = replies.find(([err]) => err !== null)
+  if (failed?.[0] != null) throw failed[0]
+  return replies.map(([, value]) => value)
+}
+
 export async function publishMessage (redis: RedisClient, channel: string, message: string): Promise<void> {
   if (isCluster(redis)) await redis.spublish(channel, message)
   else await redis.publish(channel, message)

@@ -35,20 +35,13 @@ interface OpenQueue {
 export type JobState = 'pending' | 'unknown'
 
 /**
- * The job id (`jobIdOf`: adding it twice queues it once) and, when traced,
- * the request's own trace context for BullMQ's telemetry: in a bulk each job
- * keeps its request's trace instead of the bulk's.
+ * A job's options: its id (`jobIdOf`, or a bundle's `bundleJobIdOf`: adding
+ * it twice queues it once) and, when traced, its (first) request's trace
+ * context for BullMQ's telemetry: in a bulk each job keeps its request's
+ * trace instead of the bulk's.
  */
-function jobOptions (data: SaleRequest): { jobId: string, telemetry?: { metadata: string } } {
-  const jobId = jobIdOf(data)
-  return data.traceContext === undefined ? { jobId } : { jobId, telemetry: { metadata: data.traceContext } }
-}
-
-/** A bundle's job options: its id (`bundleJobIdOf`), and its first request's trace context when traced. */
-function bundleJobOptions (members: readonly SaleRequest[]): { jobId: string, telemetry?: { metadata: string } } {
-  const jobId = bundleJobIdOf(members)
-  const traceContext = members[0]?.traceContext
-  return traceContext === undefined ? { jobId } : { jobId, telemetry: { metadata: traceContext } }
+function jobOptions (jobId: string, first: SaleRequest): { jobId: string, telemetry?: { metadata: string } } {
+  return first.traceContext === undefined ? { jobId } : { jobId, telemetry: { metadata: first.traceContext } }
 }
 
 export class PurchaseQueues {
@@ -142,16 +135,16 @@ export class PurchaseQueues {
     const [first] = requests
     if (first === undefined) return []
     if (requests.length === 1) {
-      await first.queue.add(PURCHASE_JOB_NAME, first.data, jobOptions(first.data))
+      await first.queue.add(PURCHASE_JOB_NAME, first.data, jobOptions(jobIdOf(first.data), first.data))
     } else if (!this.backend.bundles) {
-      await first.queue.addBulk(requests.map(({ data }) => ({ name: PURCHASE_JOB_NAME, data, opts: jobOptions(data) })))
+      await first.queue.addBulk(requests.map(({ data }) => ({ name: PURCHASE_JOB_NAME, data, opts: jobOptions(jobIdOf(data), data) })))
     } else {
       const bundles: SaleRequest[][] = []
       for (let i = 0; i < requests.length; i += BUNDLE_MAX_REQUESTS) bundles.push(requests.slice(i, i + BUNDLE_MAX_REQUESTS).map((r) => r.data))
       // Sent together: the index and the jobs go out in one round trip.
       await Promise.all([
         ...bundles.map(async (members) => { await this.backend.recordBundle(ticketOptionId, bundleJobIdOf(members), members.map(jobIdOf)) }),
-        first.queue.addBulk(bundles.map((members) => ({ name: PURCHASE_JOB_NAME, data: { kind: 'bundle', requests: members } satisfies SaleBundle, opts: bundleJobOptions(members) }))),
+        first.queue.addBulk(bundles.map((members) => ({ name: PURCHASE_JOB_NAME, data: { kind: 'bundle', requests: members } satisfies SaleBundle, opts: jobOptions(bundleJobIdOf(members), members[0] as SaleRequest) }))),
       ])
     }
     return requests.map(() => undefined)

@@ -26,7 +26,7 @@ export const COUNT_MAX_AGE_MS = 100
 export const RELAXED_MAX_AGE_MS = 1000
 
 interface Count {
-  /** jobs waiting: the last read, plus the places kept since */
+  /** requests waiting: the last read, plus the places kept since */
   waiting: number
   /** places handed out whose job is not added (or given up) yet */
   inFlight: number

@@ -11,7 +11,7 @@
  * outcome from PostgreSQL before it answers 202, and the applied line number
  * from Redis.
  */
-import { isCluster, publishMessage, type RedisClient } from '../redis'
+import { execPipeline, isCluster, publishMessage, type RedisClient } from '../redis'
 import type { Logger } from 'pino'
 import { lineAppliedKey, purchaseOutcomesChannel } from '../queues/queue-names'
 import type { SaleOutcome } from './sale-store'
@@ -57,9 +57,7 @@ export async function publishApplied (redis: RedisClient, prefix: string, messag
   const pipeline = redis.pipeline()
   if (message.appliedLine !== null) pipeline.eval(SET_IF_HIGHER, 1, lineAppliedKey(prefix, message.ticketOptionId), String(message.appliedLine))
   pipeline.publish(purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applied', ...message }))
-  const replies = await pipeline.exec()
-  const failed = replies?.find(([err]) => err !== null)
-  if (failed?.[0] != null) throw failed[0]
+  await execPipeline(pipeline)
 }
 
 /** Says a batch has started (best effort: a lost message only delays a position reading 0). */

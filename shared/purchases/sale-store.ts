@@ -81,8 +81,6 @@ export function outcomeStatus (outcome: SaleOutcome): string {
   return { confirm: 'confirmed', release: 'released', cancel: 'cancelled' }[outcome.kind]
 }
 
-// The statements every batch runs are named (prepared): each connection
-// parses and plans them once, not once per batch.
 const iso = (column: string): string => `to_char(${column} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`
 const PURCHASE_COLUMNS = `id, ticket_option_id, user_id, quantity, status, reason, available, used, reservation_id,
   ${iso('cancelled_at')} as cancelled_at, ${iso('created_at')} as created_at`
@@ -123,6 +121,8 @@ function rememberLimit (ticketOptionId: string, limited: boolean): void {
  * transaction. A purchase or hold already recorded (a redelivered job) keeps
  * its recorded outcome and changes nothing more; a confirmation, release or
  * cancellation changes only what is still in the state it applies to.
+ * The statements every batch runs are named (prepared): each connection
+ * parses and plans them once, not once per batch.
  */
 export async function applySaleBatch (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[]): Promise<SaleOutcome[]> {
   if (requests.some((r) => r.ticketOptionId !== ticketOptionId)) throw new Error('a batch must hold requests of one option')

@@ -365,7 +365,7 @@ export function openPostgresQueueBackend (config: Config, log: Logger, role: Que
         "select data from bullmq.job where queue = $1 and state = 'waiting' order by priority, seq limit $2", [queue.name, limit])
       return rows.map((r) => r.data)
     },
-    waitingCount: async (queue, _ticketOptionId) => {
+    waitingCount: async (queue) => {
       const { rows } = await pool.query<{ n: number }>("select count(*)::int as n from bullmq.job where queue = $1 and state = 'waiting'", [queue.name])
       return rows[0]?.n ?? 0
     },

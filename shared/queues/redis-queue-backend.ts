@@ -13,7 +13,7 @@ import { QueueKeys, Queue, Worker, type Processor } from 'bullmq'
 import type { Logger } from 'pino'
 import type { Config } from '../config'
 import { lineMessageReader, publishApplied, publishApplying } from '../purchases/purchase-outcomes'
-import { commandNeverSent, createProducerConnection, createWorkerConnection, isCluster, waitUntilReady, type RedisClient, type RedisTarget } from '../redis'
+import { commandNeverSent, createProducerConnection, execPipeline, createWorkerConnection, isCluster, waitUntilReady, type RedisClient, type RedisTarget } from '../redis'
 import { redisAnswers } from '../health-checks'
 import { queueTelemetry } from '../telemetry/purchase-spans'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
@@ -76,12 +76,9 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     // it is applied, and an index left by a worker that died then expires with its option's quiet.
     recordBundle: async (ticketOptionId, bundleJobId, memberIds) => {
       const key = bundleMembersKey(prefix, ticketOptionId)
-      const replies = await connection.pipeline()
+      await execPipeline(connection.pipeline()
         .hset(key, Object.fromEntries(memberIds.map((id) => [id, bundleJobId])))
-        .expire(key, BUNDLE_INDEX_TTL_S)
-        .exec()
-      const failed = replies?.find(([err]) => err !== null)
-      if (failed?.[0] != null) throw failed[0]
+        .expire(key, BUNDLE_INDEX_TTL_S))
     },
     bundleOf: async (ticketOptionId, memberId) => await connection.hget(bundleMembersKey(prefix, ticketOptionId), memberId),
     forgetBundle: async (ticketOptionId, memberIds) => {
@@ -121,15 +118,11 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     // Requests, not jobs (a bundle is one job): the line numbers taken and not yet
     // applied, or the jobs waiting if more (a Redis that lost its counters). One round trip.
     waitingCount: async (queue, ticketOptionId) => {
-      const replies = await connection.pipeline()
+      const [line, jobs] = await execPipeline(connection.pipeline()
         .mget(lineTicketKey(prefix, ticketOptionId), lineAppliedKey(prefix, ticketOptionId))
-        .llen(keys.toKey(queue.name, 'wait'))
-        .exec()
-      const failed = replies?.find(([err]) => err !== null)
-      if (failed?.[0] != null) throw failed[0]
-      const [taken, applied] = (replies?.[0]?.[1] ?? []) as Array<string | null>
-      const jobs = Number(replies?.[1]?.[1] ?? 0)
-      return Math.max(jobs, Number(taken ?? 0) - Number(applied ?? 0))
+        .llen(keys.toKey(queue.name, 'wait')))
+      const [taken, applied] = line as Array<string | null>
+      return Math.max(Number(jobs), Number(taken ?? 0) - Number(applied ?? 0))
     },
     // moveToWait and the stalled-job check push the job back where the next take looks first.
     olderWaiting: async () => [],

@@ -62,7 +62,7 @@ export class OptionQueues {
   private readonly running = new Map<string, RunningQueue>()
   private readonly recent = new RecentOutcomes()
   /** Every option's batches share transactions with the others ready at the same moment; half the pool at most. */
-  readonly transactions: GroupCommit
+  private readonly transactions: GroupCommit
   private rescanTimer: NodeJS.Timeout | undefined
   private rescanning: Promise<void> | undefined
   private closing = false

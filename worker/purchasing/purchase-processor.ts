@@ -249,7 +249,7 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     const held = requestsOfJob(job.data)
     const [data] = held ?? []
     if (held === null || data === undefined) throw new UnrecoverableError(`job ${job.id ?? '?'} does not hold purchase data`)
-    const bundled = held.length > 1 || (job.data as { kind?: unknown }).kind === 'bundle'
+    const bundled = (job.data as { kind?: unknown }).kind === 'bundle'
     const heldIds = held.map(jobIdOf)
     // Before the child logger: under load most jobs end here, and a pino child costs a serialization.
     const early = deps.recent.takeAll(heldIds)
