@@ -47,6 +47,17 @@ export const EnvSchema = Type.Object({
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
   /** How long the API waits for a purchase's outcome before answering 202 (ms). */
   PURCHASE_WAIT_MS: Int('5000'),
+  /**
+   * Whether an API applies the requests of an option with nobody in line itself, under the
+   * option's short lease, instead of queueing them (the direct path; Redis queues only).
+   */
+  DIRECT_PURCHASES: Bool('true'),
+  /**
+   * How long an API's lease on an option lasts (ms): a worker waits at most this long for an
+   * API that died mid-batch; an API that has not locked the option's row within half of it
+   * queues the batch instead.
+   */
+  DIRECT_LEASE_MS: Int('4000'),
   /** Largest number of queued purchases one transaction applies (1 turns batching off). */
   WORKER_BATCH_SIZE: Int('100'),
   /** A worker lets an option's queue go after this long without purchases (ms). */
@@ -113,6 +124,9 @@ export interface Config {
   readonly logLevel: string
   readonly logPretty: boolean
   readonly purchaseWaitMs: number
+  /** the direct path (api/purchasing/direct-sales.ts); on only where the queue backend supports it */
+  readonly directPurchases: boolean
+  readonly directLeaseMs: number
   readonly workerBatchSize: number
   readonly workerQueueIdleMs: number
   readonly workerRescanMs: number
@@ -286,6 +300,8 @@ export function loadConfig (source: NodeJS.ProcessEnv = process.env): Config {
     logLevel: env.LOG_LEVEL,
     logPretty: env.LOG_PRETTY === undefined ? process.stdout.isTTY === true : env.LOG_PRETTY === 'true',
     purchaseWaitMs: intIn(env, 'PURCHASE_WAIT_MS', 0, 600_000),
+    directPurchases: env.DIRECT_PURCHASES === 'true',
+    directLeaseMs: intIn(env, 'DIRECT_LEASE_MS', 100, 600_000),
     workerBatchSize: intIn(env, 'WORKER_BATCH_SIZE', 1, 10_000),
     workerQueueIdleMs: intIn(env, 'WORKER_QUEUE_IDLE_MS', 1000, 86_400_000),
     workerRescanMs: intIn(env, 'WORKER_RESCAN_MS', 100, 600_000),

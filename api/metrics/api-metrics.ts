@@ -48,6 +48,13 @@ export class ApiMetrics implements PurchaseObserver {
     registers: [this.registry],
   })
 
+  readonly directRequests = new Counter({
+    name: 'direct_requests_total',
+    help: 'Requests that tried the direct path (an option with nobody in line, applied by the API itself), by how it ended: applied, declined (the option had a line: queued as usual), queued (the direct batch failed and was queued at the head of its queue)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  })
+
   readonly queueJobs = new Gauge({
     name: 'purchase_queue_jobs',
     help: 'Jobs in the deepest option queues of the registry of active options, by state (read on scrape)',

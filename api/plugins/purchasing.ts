@@ -13,6 +13,8 @@ import type { Config } from '../../shared/config'
 import { createPool, type Db } from '../../shared/db'
 import { recordedIds } from '../../shared/purchases/sale-store'
 import { openQueueBackend, type QueueBackend } from '../../shared/queues/queue-backend'
+import { GroupCommit } from '../../shared/purchases/group-commit'
+import { DirectSales } from '../purchasing/direct-sales'
 import { OutcomeWaiter } from '../purchasing/outcome-waiter'
 import { PurchaseQueues } from '../purchasing/purchase-queues'
 import { QueueBackpressure } from '../purchasing/queue-backpressure'
@@ -50,6 +52,18 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     waitingCount: async (ticketOptionId) => await queues.waitingCount(ticketOptionId),
     maxWaiting: config.queueMaxWaiting,
   })
+  // The direct path's transactions: with other options' batches of the moment, half the pool at most.
+  const direct = config.directPurchases && backend.directPurchases
+    ? new DirectSales({
+      backend,
+      transactions: new GroupCommit(db, Math.max(1, Math.floor(config.databasePoolSize / 2))),
+      queues,
+      leaseMs: config.directLeaseMs,
+      maxBatch: config.workerBatchSize,
+      log,
+      onBatch: (result, requests) => { app.metrics.directRequests.inc({ result }, requests) },
+    })
+    : undefined
   const sales = new SaleService({
     db,
     queues,
@@ -60,6 +74,7 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     observer: app.metrics,
     idempotencyKeyTtlHours: config.idempotencyKeyTtlHours,
     backpressure,
+    direct,
   })
   const streams = new OutcomeStreams({
     waiter,

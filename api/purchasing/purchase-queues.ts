@@ -107,6 +107,33 @@ export class PurchaseQueues {
     await this.add(entry, traceContext === undefined ? data : { ...data, traceContext })
   }
 
+  /**
+   * Adds requests that already hold their line numbers (a direct batch that
+   * failed, direct-sales.ts) at the head of their option's queue, as one job
+   * (a bundle when several, on Redis), so a worker takes them before the jobs
+   * that queued behind them. Not gathered with other adds: those go to the tail.
+   */
+  async enqueueAhead (requests: readonly SaleRequest[]): Promise<void> {
+    const [first] = requests
+    if (first === undefined) return
+    const entry = this.get(first.ticketOptionId)
+    await entry.ready
+    await this.touch(entry, first.ticketOptionId)
+    const { queue } = entry
+    if (requests.length === 1) {
+      await queue.add(PURCHASE_JOB_NAME, first, { ...jobOptions(jobIdOf(first), first), lifo: true })
+    } else if (this.backend.bundles) {
+      const bundleId = bundleJobIdOf(requests)
+      await Promise.all([
+        this.backend.recordBundle(first.ticketOptionId, bundleId, requests.map(jobIdOf)),
+        queue.add(PURCHASE_JOB_NAME, { kind: 'bundle', requests: [...requests] } satisfies SaleBundle, { ...jobOptions(bundleId, first), lifo: true }),
+      ])
+    } else {
+      // Each to the head: the last first, so the first ends up in front.
+      for (const request of [...requests].reverse()) await queue.add(PURCHASE_JOB_NAME, request, { ...jobOptions(jobIdOf(request), request), lifo: true })
+    }
+  }
+
   /** Registers the option at most once a second; requests meanwhile wait for the touch in flight instead of each sending one. */
   private async touch (entry: OpenQueue, ticketOptionId: string): Promise<void> {
     if (entry.touching !== null) return await entry.touching

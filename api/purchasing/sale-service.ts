@@ -17,11 +17,12 @@ import {
   jobIdOf, type CancelRequest, type ConfirmRequest, type HoldRequest, type NewHold, type NewPurchase, type PurchaseRequest, type ReleaseRequest, type SaleRequest,
 } from '../../shared/purchases/sale-request'
 import {
-  findPurchase, findReservation, isChangeOutcome, NOT_QUEUED, outcomeStatus, voidUnqueued, type PurchaseRecord, type ReservationRecord,
+  findPurchase, findReservation, isChangeOutcome, NOT_QUEUED, outcomeStatus, voidUnqueued, type PurchaseRecord, type ReservationRecord, type SaleOutcome,
 } from '../../shared/purchases/sale-store'
-import { inSpan, PurchaseAttribute, PurchaseSpan, requestAttributes } from '../../shared/telemetry/purchase-spans'
+import { currentTraceContext, inSpan, PurchaseAttribute, PurchaseSpan, requestAttributes } from '../../shared/telemetry/purchase-spans'
 import { ticketOptionLimits, type TicketOptionLimits } from '../../shared/ticket-options'
 import { KnownOptions } from './known-options'
+import type { DirectSales } from './direct-sales'
 import type { OutcomeWaiter } from './outcome-waiter'
 import type { PurchaseQueues } from './purchase-queues'
 import type { QueueBackpressure } from './queue-backpressure'
@@ -43,6 +44,9 @@ export type SubmitResult<T> =
 type QueuedResult<T> =
   | { kind: 'recorded', record: T }
   | Extract<SubmitResult<T>, { kind: 'pending' | 'idempotency_key_reused' }>
+
+/** Where a request went: applied at once (the direct path), or queued under its line number. */
+type Sent = { kind: 'applied', outcome: SaleOutcome } | { kind: 'queued', ticket: number }
 
 /** The answer to a confirmation, release or cancellation. */
 export type ChangeResult =
@@ -86,6 +90,8 @@ export interface SaleServiceDeps {
   idempotencyKeyTtlHours: number
   /** the cap on each option's queue; absent: no cap */
   backpressure?: QueueBackpressure
+  /** applies the requests of an option with nobody in line at once; absent: every request is queued */
+  direct?: DirectSales
   /** told of every answer to a purchase that reached a queue (metrics); absent: nobody listens */
   observer?: PurchaseObserver
 }
@@ -210,6 +216,23 @@ export class SaleService {
     })
   }
 
+  /**
+   * Applies the request at once when its option has nobody in line and
+   * `direct` allows it (direct-sales.ts), else adds its job; throws as
+   * addJob does, or the direct batch's error when it could be neither
+   * applied nor queued.
+   */
+  private async send (request: SaleRequest, direct: boolean): Promise<Sent> {
+    if (direct && this.deps.direct !== undefined) {
+      // Tracing on: carried like a job's, so the spans of a batch of several join each request's trace.
+      const traceContext = currentTraceContext()
+      const result = await this.deps.direct.apply(traceContext === undefined ? request : { ...request, traceContext })
+      if (result.kind === 'applied') return result
+      if (result.kind === 'queued') return { kind: 'queued', ticket: result.line }
+    }
+    return { kind: 'queued', ticket: await this.addJob(request) }
+  }
+
   /** Awaits an outcome (`outcome` resolves null when none is known), traced as the request's `purchase wait` span. */
   private async waitFor<R> (request: SaleRequest, outcome: () => Promise<R | null>, label: (known: R) => string): Promise<R | null> {
     return await inSpan(PurchaseSpan.wait, () => requestAttributes(request), async (span) => {
@@ -240,7 +263,13 @@ export class SaleService {
     const wait = waitMs > 0 ? this.deps.waiter.wait(jobId, waitMs) : null
     let ticket: number
     try {
-      ticket = await this.addJob(request)
+      // A buyer who asked not to wait (respond-async) is queued: the answer is 202 either way.
+      const sent = await this.send(request, wait !== null)
+      if (sent.kind === 'applied') {
+        wait?.cancel()
+        return this.answered({ kind: 'recorded', record: sent.outcome as T }, request)
+      }
+      ticket = sent.ticket
     } catch (err) {
       wait?.cancel()
       return await this.notQueued(request, key, err)
@@ -437,15 +466,17 @@ export class SaleService {
   private async change (request: ConfirmRequest | ReleaseRequest | CancelRequest, settled: () => Promise<ChangeResult>): Promise<ChangeResult> {
     const jobId = jobIdOf(request)
     const wait = this.deps.waiter.wait(jobId, this.deps.waitMs)
+    let sent: Sent
     try {
-      await this.addJob(request)
+      sent = await this.send(request, true)
     } catch (err) {
       wait.cancel()
       if (err instanceof QueueFullError) throw err
       this.deps.log.warn({ err, id: jobId }, 'could not enqueue')
       throw new ServiceUnavailableError('The purchase queue')
     }
-    const outcome = await this.waitFor(request, async () => await wait.promise, outcomeStatus)
+    if (sent.kind === 'applied') wait.cancel()
+    const outcome = sent.kind === 'applied' ? sent.outcome : await this.waitFor(request, async () => await wait.promise, outcomeStatus)
     if (outcome === null || !isChangeOutcome(outcome)) return await settled()
     if (outcome.changed) return { kind: 'changed', reservation: outcome.reservation, purchase: outcome.purchase }
     // Another request changed it first (a concurrent retry, or the expiry): say where it stands.

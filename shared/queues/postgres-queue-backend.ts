@@ -279,6 +279,12 @@ export function openPostgresQueueBackend (config: Config, log: Logger, role: Que
     recordBundle: async () => {},
     bundleOf: async () => null,
     forgetBundle: async () => {},
+    // Every request goes through the queue: the lease's claim would have to read BullMQ's
+    // job table and two line counters in one atomic step, which READ COMMITTED does not give.
+    directPurchases: false,
+    claimDirect: async () => null,
+    releaseDirect: async () => {},
+    directLeaseMs: async () => 0,
 
     createQueue: (name: string, settings: QueueSettings = {}) =>
       new Queue<any, any, string, any, any, string, PostgresQueueBackend, PostgresConnectionOptions>(name, { connection: config.databaseUrl, telemetry: queueTelemetry(), ...settings }, factory) as unknown as Queue,

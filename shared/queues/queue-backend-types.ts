@@ -69,6 +69,27 @@ export interface QueueBackend {
   /** Forgets the members of a bundle that has been applied. */
   forgetBundle: (ticketOptionId: string, memberIds: readonly string[]) => Promise<void>
 
+  /**
+   * Whether an API may apply a batch of an idle option itself, under the
+   * option's direct lease (api/purchasing/direct-sales.ts), instead of
+   * queueing it. The three calls below do nothing useful when false.
+   */
+  readonly directPurchases: boolean
+  /**
+   * Takes the option's direct lease for `leaseMs` and `count` consecutive
+   * line numbers, when nothing of the option waits, runs or is delayed in its
+   * queue and nobody holds the lease; the first number, or null (not now).
+   */
+  claimDirect: (ticketOptionId: string, count: number, leaseMs: number, token: string) => Promise<number | null>
+  /**
+   * Drops the lease if `token` still holds it. With `applied` (its batch
+   * committed) also advances the applied line and publishes the outcomes,
+   * as a worker's publishApplied does; one round trip.
+   */
+  releaseDirect: (ticketOptionId: string, token: string, applied: Omit<AppliedMessage, 'type'> | null) => Promise<void>
+  /** How long the option's direct lease still lives (ms); 0 when nobody holds it. */
+  directLeaseMs: (ticketOptionId: string) => Promise<number>
+
   createQueue: (name: string, settings?: QueueSettings) => Queue
   createWorker: (name: string, processor: Processor, settings: WorkerSettings) => Worker
 

@@ -46,3 +46,13 @@ export function lineAppliedKey (prefix: string, ticketOptionId: string): string 
 export function bundleMembersKey (prefix: string, ticketOptionId: string): string {
   return `${prefix}:bundle-members:{${ticketOptionId}}`
 }
+
+/**
+ * The option's direct lease (api/purchasing/direct-sales.ts): while it lives,
+ * an API applies a batch of the option itself and no worker starts one. Its
+ * value is the lease holder's token; it expires on its own if that API dies.
+ * In the option's hash slot, beside its queue and line keys.
+ */
+export function directLeaseKey (prefix: string, ticketOptionId: string): string {
+  return `${prefix}:direct-lease:{${ticketOptionId}}`
+}

@@ -18,6 +18,7 @@ import { redisAnswers } from '../health-checks'
 import { queueTelemetry } from '../telemetry/purchase-spans'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
 import { activeOptionsKey, bundleMembersKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from './queue-names'
+import { directLeases } from './direct-lease'
 import { listActiveOptions, releaseOption, touchOption } from './queue-registry'
 
 /** How long an option's bundle index outlives its last bundle (s). */
@@ -64,6 +65,7 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     await s.subscribe(channel)
   }
   const keys = new QueueKeys(prefix)
+  const leases = directLeases(connection, prefix, keys)
 
   return {
     kind: 'redis',
@@ -84,6 +86,11 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     forgetBundle: async (ticketOptionId, memberIds) => {
       if (memberIds.length > 0) await connection.hdel(bundleMembersKey(prefix, ticketOptionId), ...memberIds)
     },
+
+    directPurchases: true,
+    claimDirect: leases.claim,
+    releaseDirect: leases.release,
+    directLeaseMs: leases.msLeft,
 
     createQueue: (name: string, settings: QueueSettings = {}) => new Queue(name, { connection, prefix, telemetry: queueTelemetry(), ...settings }),
     createWorker: (name: string, processor: Processor, settings: WorkerSettings) => new Worker(name, processor, { connection, prefix, telemetry: queueTelemetry(), ...settings }),

@@ -12,7 +12,7 @@ import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { requestsOfJob } from '../../shared/purchases/sale-request'
 import { buildTestApp, buy, configWith, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
 import { sleep, waitFor } from '../support/wait'
-import { createTestEnvironment, eachQueueBackend } from '../support/environment'
+import { createTestEnvironment, eachQueueBackend, QUEUED } from '../support/environment'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { freePort } from '../support/free-port'
 import { startThrowawayRedis } from '../support/throwaway-redis'
@@ -30,7 +30,7 @@ async function waitingJobs (queues: QueueBackend, optionId: string): Promise<num
 }
 
 eachQueueBackend(t, 'a full option queue answers 503 QUEUE_FULL at once and adds nothing', async (t, backendEnv) => {
-  const { app, config, sql, openQueues } = await setUp(t, { worker: false, env: { QUEUE_MAX_WAITING: '5', PURCHASE_WAIT_MS: '100', ...backendEnv } })
+  const { app, config, sql, openQueues } = await setUp(t, { worker: false, env: { QUEUE_MAX_WAITING: '5', PURCHASE_WAIT_MS: '100', ...backendEnv, ...QUEUED } })
   const id = await createOption(app, 100)
   const other = await createOption(app, 100)
 

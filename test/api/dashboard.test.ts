@@ -3,7 +3,7 @@ import { LIST_MAX_AGE_MS } from '../../api/plugins/dashboard'
 import { ConfigError, loadConfig } from '../../shared/config'
 import { activeOptionsKey, purchaseQueueName } from '../../shared/queues/queue-names'
 import { createOption, setUp } from '../support/app'
-import { eachQueueBackend } from '../support/environment'
+import { eachQueueBackend, QUEUED } from '../support/environment'
 import { sleep } from '../support/wait'
 
 const USER_ID = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
@@ -44,7 +44,7 @@ t.test('without credentials the dashboard does not exist', async (t) => {
 })
 
 eachQueueBackend(t, 'with credentials', async (t, backendEnv) => {
-  const { app, prefix, redis, openQueues } = await setUp(t, { env: { ...CREDENTIALS, ...backendEnv } })
+  const { app, prefix, redis, openQueues } = await setUp(t, { env: { ...CREDENTIALS, ...backendEnv, ...QUEUED } })
 
   t.test('no, malformed or wrong credentials are a 401 with a challenge', async (t) => {
     const attempts: Array<[string, Record<string, string>]> = [

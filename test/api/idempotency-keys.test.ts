@@ -7,7 +7,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { purchaseRequestHash } from '../../shared/idempotency-keys'
 import { buy, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
-import { eachQueueBackend } from '../support/environment'
+import { eachQueueBackend, QUEUED } from '../support/environment'
 import { unbalancedOptions } from '../support/environment'
 
 async function allocation (app: FastifyInstance, optionId: string): Promise<number> {
@@ -136,7 +136,7 @@ eachQueueBackend(t, 'idempotency keys with a worker', async (t, backendEnv) => {
 })
 
 eachQueueBackend(t, 'a keyed purchase answered 202 answers 202 with the same id until it is applied, then 201', async (t, backendEnv) => {
-  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200', ...backendEnv } })
+  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200', ...backendEnv, ...QUEUED } })
   const id = await createOption(app, 5)
   const first = await buy(app, id, { quantity: 2, key: 'slow' })
   t.equal(first.statusCode, 202)

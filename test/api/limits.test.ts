@@ -6,6 +6,7 @@
 import net from 'node:net'
 import t from 'tap'
 import { createOption, setUp } from '../support/app'
+import { QUEUED } from '../support/environment'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 
@@ -19,7 +20,7 @@ t.test('BODY_LIMIT_BYTES: a body over it is a 413, one under it is read', async 
 })
 
 t.test('REQUEST_TIMEOUT_MS: a request that does not arrive in time is a 408; a purchase waiting its full wait is not cut off', async (t) => {
-  const { app } = await setUp(t, { worker: false, env: { REQUEST_TIMEOUT_MS: '1500', PURCHASE_WAIT_MS: '400' } })
+  const { app } = await setUp(t, { worker: false, env: { REQUEST_TIMEOUT_MS: '1500', PURCHASE_WAIT_MS: '400', ...QUEUED } })
   const option = await createOption(app, 5)
   const { port } = new URL(await app.listen({ port: 0, host: '127.0.0.1' }))
 

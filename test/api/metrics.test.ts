@@ -9,7 +9,7 @@ import { loadConfig } from '../../shared/config'
 import { openQueueBackend } from '../../shared/queues/queue-backend'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { buy, createOption, setUp } from '../support/app'
-import { eachQueueBackend } from '../support/environment'
+import { eachQueueBackend, QUEUED } from '../support/environment'
 import { sample, samples } from '../support/prometheus-text'
 import { startSilentServer } from '../support/silent-server'
 
@@ -22,7 +22,7 @@ async function scrape (app: FastifyInstance): Promise<string> {
 }
 
 t.test('API metrics move with traffic; the worker serves its own', async (t) => {
-  const { app, worker } = await setUp(t)
+  const { app, worker } = await setUp(t, { env: QUEUED })
   const optionId = await createOption(app, 3)
 
   const res = await app.inject({ method: 'GET', url: '/metrics' })
@@ -115,7 +115,7 @@ const redisAt = (port: number) => loadConfig({ QUEUE_BACKEND: 'redis', REDIS_URL
 
 eachQueueBackend(t, 'queue depths: the deepest option queues, bounded, as BullMQ counts them', async (t, backendEnv) => {
   // No worker: purchases stay queued and the API answers 202 after a short wait.
-  const { app, openQueues } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200', ...backendEnv } })
+  const { app, openQueues } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200', ...backendEnv, ...QUEUED } })
   const options = await Promise.all(Array.from({ length: 12 }, async (_, i) => await createOption(app, 10, `option ${i}`)))
   const deepest = options[0] as string
   const before = await scrape(app)

@@ -4,7 +4,7 @@ import { buildApp } from '../../api/app'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
 import { buy, createOption, setUp, startTestWorker } from '../support/app'
 import { waitFor } from '../support/wait'
-import { createTestEnvironment, eachQueueBackend, unbalancedOptions } from '../support/environment'
+import { createTestEnvironment, eachQueueBackend, QUEUED, unbalancedOptions } from '../support/environment'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
@@ -113,7 +113,7 @@ eachQueueBackend(t, 'purchases through the queue and the worker', async (t, back
 })
 
 eachQueueBackend(t, '202 when the outcome is not known in time; the status route shows it later', async (t, backendEnv) => {
-  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200', ...backendEnv } })
+  const { app, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '200', ...backendEnv, ...QUEUED } })
   const id = await createOption(app, 1)
   const res = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })
   t.equal(res.statusCode, 202)

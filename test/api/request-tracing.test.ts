@@ -17,7 +17,7 @@ import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-
 import { touchOption } from '../../shared/queues/queue-registry'
 import { startWorker } from '../../worker/main'
 import { createOption } from '../support/app'
-import { createTestEnvironment, type Teardown } from '../support/environment'
+import { createTestEnvironment, QUEUED, type Teardown } from '../support/environment'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 
@@ -50,7 +50,7 @@ async function appLoggingTo (t: Teardown, config: Config, log: CapturedLog, leve
 }
 
 t.test('a purchase can be followed by its request id from the API into the worker', async (t) => {
-  const environment = await createTestEnvironment(t)
+  const environment = await createTestEnvironment(t, QUEUED)
   const { config } = environment
   const apiLog = new CapturedLog()
   const workerLog = new CapturedLog()
@@ -93,6 +93,17 @@ t.test('a purchase can be followed by its request id from the API into the worke
       level: 50, jobId: data.purchaseId, ticketOptionId: ghost, err: { message: /does not exist/ },
     })
   })
+})
+
+t.test('a purchase the API applied itself (the direct path) is logged with its request id at debug', async (t) => {
+  const { config } = await createTestEnvironment(t)
+  const apiLog = new CapturedLog()
+  const app = await appLoggingTo(t, config, apiLog, 'debug')
+  const optionId = await createOption(app, 1)
+  const reqId = `direct-${randomUUID()}`
+  const res = await app.inject({ method: 'POST', url: `/ticket_options/${optionId}/purchases`, headers: { 'x-request-id': reqId }, payload: { quantity: 1, user_id: USER } })
+  t.equal(res.statusCode, 201, 'applied without a worker')
+  t.match(await apiLog.find({ reqId, msg: 'purchase applied directly' }), { name: 'api', purchaseId: res.json().id, ticketOptionId: optionId, status: 'succeeded', line: 1 })
 })
 
 t.test('request logs never carry credentials', async (t) => {

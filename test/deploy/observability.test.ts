@@ -17,6 +17,7 @@ import path from 'node:path'
 import YAML from 'yaml'
 import { tracingWanted } from '../../shared/telemetry/tracing'
 import { buy, createOption, setUp } from '../support/app'
+import { QUEUED } from '../support/environment'
 import { ROOT } from '../support/processes'
 import { parseExposition, type Sample } from '../support/prometheus-text'
 import { readCompose, serviceEnvironment } from './compose-file'
@@ -144,7 +145,7 @@ t.test('the selector reader finds series, not functions, keywords or labels', as
 })
 
 t.test('every dashboard query names series the API and the worker export, with those labels', async (t) => {
-  const { app, worker } = await setUp(t)
+  const { app, worker } = await setUp(t, { env: QUEUED })
   const optionId = await createOption(app, 5)
   for (let i = 0; i < 7; i++) await buy(app, optionId)
   const apiText = (await app.inject({ method: 'GET', url: '/metrics' })).body

@@ -9,7 +9,7 @@
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { PurchaseAttribute, PurchaseSpan } from '../../shared/telemetry/purchase-spans'
-import { createTestEnvironment, eachQueueBackend } from '../support/environment'
+import { createTestEnvironment, eachQueueBackend, QUEUED } from '../support/environment'
 import { callJson } from '../support/load'
 import { startOtlpReceiver, type ReceivedSpan } from '../support/otlp-receiver'
 import { startProcess } from '../support/processes'
@@ -27,7 +27,7 @@ eachQueueBackend(t, 'one trace per purchase', async (t, backendEnv) => {
     // Export within a fraction of a second, not the default 5 s.
     OTEL_BSP_SCHEDULE_DELAY: '100',
   }
-  const { env, sql } = await createTestEnvironment(t, { ...backendEnv, DATABASE_POOL_SIZE: '4', WORKER_BATCH_SIZE: '10' })
+  const { env, sql } = await createTestEnvironment(t, { ...backendEnv, ...QUEUED, DATABASE_POOL_SIZE: '4', WORKER_BATCH_SIZE: '10' })
   const api = await startProcess(t, 'api', { ...env, ...otel, OTEL_SERVICE_NAME: 'test-api' })
   await startProcess(t, 'worker', { ...env, ...otel, OTEL_SERVICE_NAME: 'test-worker' })
 

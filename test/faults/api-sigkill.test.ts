@@ -9,7 +9,7 @@ import { Queue } from 'bullmq'
 import t from 'tap'
 import { jobIdOf, requestsOfJob } from '../../shared/purchases/sale-request'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
-import { createTestEnvironment } from '../support/environment'
+import { createTestEnvironment, QUEUED } from '../support/environment'
 import { callJson } from '../support/load'
 import { checkBooks, createOptionOver, fireBurst } from '../support/purchase-burst'
 import { startProcess } from '../support/processes'
@@ -17,7 +17,7 @@ import { startProcess } from '../support/processes'
 const REQUESTS = 60
 
 t.test('API SIGKILLed while requests wait: the jobs it enqueued are applied once and visible on a fresh API', async (t) => {
-  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '60000' })
+  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '60000', ...QUEUED })
   const { sql, env, redis, prefix } = environment
   const api = await startProcess(t, 'api', env)
   const initial = 40

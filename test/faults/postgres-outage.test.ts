@@ -8,7 +8,7 @@
  * true outcome: an outage never turns a purchase into a rejection.
  */
 import t from 'tap'
-import { createTestEnvironment } from '../support/environment'
+import { createTestEnvironment, QUEUED } from '../support/environment'
 import { checkBooks, createOptionOver, fireBurst, settlePending } from '../support/purchase-burst'
 import { startProcess } from '../support/processes'
 import { startTcpProxy } from '../support/tcp-proxy'
@@ -16,7 +16,7 @@ import { startTcpProxy } from '../support/tcp-proxy'
 const OUTAGE_MS = 3000
 
 t.test('PostgreSQL unreachable to the worker for 3 s mid-burst: every purchase applied once, with its true outcome', async (t) => {
-  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '15000' })
+  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '15000', ...QUEUED })
   const { sql, env, databaseUrl } = environment
   const target = new URL(databaseUrl)
   const proxy = await startTcpProxy(t, { host: target.hostname, port: Number(target.port === '' ? 5432 : target.port) })

@@ -14,7 +14,7 @@ import { Queue } from 'bullmq'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
-import { createTestEnvironment } from '../support/environment'
+import { createTestEnvironment, QUEUED } from '../support/environment'
 import { checkBooks, createOptionOver, fireBurst, settlePending, type Answer } from '../support/purchase-burst'
 import { startProcess } from '../support/processes'
 import { startThrowawayRedis } from '../support/throwaway-redis'
@@ -76,7 +76,7 @@ t.test('Redis stopped and restarted (with AOF) during a burst: service recovers,
 
 t.test('Redis without persistence restarted empty: lost jobs were never answered 201, and the service recovers', async (t) => {
   const redis = await startThrowawayRedis(t, { appendonly: false })
-  const environment = await createTestEnvironment(t, { REDIS_URL: redis.url, PURCHASE_WAIT_MS: '3000' })
+  const environment = await createTestEnvironment(t, { REDIS_URL: redis.url, PURCHASE_WAIT_MS: '3000', ...QUEUED })
   const { sql, env, prefix } = environment
   const api = await startProcess(t, 'api', env)
   await startProcess(t, 'worker', env)

@@ -9,14 +9,14 @@
 import t from 'tap'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { LOCK_DURATION_MS, STALLED_INTERVAL_MS } from '../../worker/purchasing/option-queues'
-import { createTestEnvironment, eachQueueBackend } from '../support/environment'
+import { createTestEnvironment, eachQueueBackend, QUEUED } from '../support/environment'
 import { checkBooks, createOptionOver, fireBurst, longestGap, settlePending, withApplicationName } from '../support/purchase-burst'
 import { startProcess, type ServiceProcess } from '../support/processes'
 
 const STALL_TARGET_MS = 10_000
 
 eachQueueBackend(t, 'SIGKILL of the busy worker mid-burst: the burst completes, nothing doubled, stall under 10 s', async (t, backendEnv) => {
-  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '15000', ...backendEnv })
+  const environment = await createTestEnvironment(t, { PURCHASE_WAIT_MS: '15000', ...backendEnv, ...QUEUED })
   const { sql, env, databaseUrl } = environment
   const api = await startProcess(t, 'api', env)
   const workers = new Map<string, ServiceProcess>()

@@ -25,6 +25,14 @@ export const QUEUE_BACKENDS: readonly QueueBackendKind[] = (process.env.TEST_QUE
 export function eachQueueBackend (t: Test, name: string, fn: (t: Test, env: { QUEUE_BACKEND: QueueBackendKind }) => Promise<void>): void {
   for (const backend of QUEUE_BACKENDS) void t.test(`${name} (queues on ${backend})`, async (t) => { await fn(t, { QUEUE_BACKEND: backend }) })
 }
+/**
+ * For tests of the queue path: every request is queued, as on PostgreSQL
+ * queues or whenever an option has a line. Without it an API applies the
+ * requests of an option with nobody in line itself (the direct path,
+ * api/purchasing/direct-sales.ts), so nothing would wait in a queue.
+ */
+export const QUEUED = { DIRECT_PURCHASES: 'false' } as const
+
 export const ADMIN_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 export const TEST_REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 

@@ -1,6 +1,7 @@
 import t from 'tap'
 import pino from 'pino'
 import { createOption, setUp } from '../support/app'
+import { QUEUED } from '../support/environment'
 import { startKeySweeper } from '../../worker/idempotency-key-sweeper'
 import { createPool } from '../../shared/db'
 import { waitFor } from '../support/wait'
@@ -8,7 +9,7 @@ import { waitFor } from '../support/wait'
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 
 t.test('expired idempotency keys are deleted, live ones kept', async (t) => {
-  const { app, sql, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '100' } })
+  const { app, sql, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '100', ...QUEUED } })
   const id = await createOption(app, 10)
   for (const key of ['old-1', 'old-2', 'fresh']) {
     const res = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, headers: { 'idempotency-key': key }, payload: { quantity: 1, user_id: USER } })
@@ -27,7 +28,7 @@ t.test('expired idempotency keys are deleted, live ones kept', async (t) => {
 })
 
 t.test('the timer sweeps by itself and a failure is only logged', async (t) => {
-  const { app, sql, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '100' } })
+  const { app, sql, config } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '100', ...QUEUED } })
   const id = await createOption(app, 10)
   await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, headers: { 'idempotency-key': 'old' }, payload: { quantity: 1, user_id: USER } })
   await sql.query("update idempotency_keys set expires_at = now() - interval '1 minute'")

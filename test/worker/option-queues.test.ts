@@ -2,6 +2,7 @@ import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import { Queue } from 'bullmq'
 import { createOption, setUp, startTestWorker } from '../support/app'
+import { QUEUED } from '../support/environment'
 import { PURCHASE_JOB_NAME, activeOptionsKey, purchaseQueueName } from '../../shared/queues/queue-names'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
@@ -16,7 +17,7 @@ async function eventually (check: () => Promise<boolean> | boolean, timeoutMs = 
 }
 
 t.test('an option created after the worker started is served without a restart', async (t) => {
-  const { app, worker } = await setUp(t)
+  const { app, worker } = await setUp(t, { env: QUEUED })
   t.same(worker?.optionQueues.activeOptionIds, [], 'nothing to serve at start')
   const id = await createOption(app, 2)
   const res = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })
@@ -25,7 +26,7 @@ t.test('an option created after the worker started is served without a restart',
 })
 
 t.test('a missed wake-up only delays a job: the rescan finds its queue', async (t) => {
-  const { app, sql, config, redis, prefix } = await setUp(t, { worker: false, env: { WORKER_RESCAN_MS: '300' } })
+  const { app, sql, config, redis, prefix } = await setUp(t, { worker: false, env: { WORKER_RESCAN_MS: '300', ...QUEUED } })
   await startTestWorker(t, config)
   const id = await createOption(app, 2)
   const queue = new Queue(purchaseQueueName(id), { connection: redis, prefix })
@@ -40,7 +41,7 @@ t.test('a missed wake-up only delays a job: the rescan finds its queue', async (
 
 t.test('idle option queues are let go, and come back when used again', async (t) => {
   // Idle after 3 s: long enough that a purchase answered slowly on a loaded machine still finds its queue served.
-  const { app, worker, redis, prefix } = await setUp(t, { env: { WORKER_QUEUE_IDLE_MS: '3000', WORKER_RESCAN_MS: '200' } })
+  const { app, worker, redis, prefix } = await setUp(t, { env: { WORKER_QUEUE_IDLE_MS: '3000', WORKER_RESCAN_MS: '200', ...QUEUED } })
   const id = await createOption(app, 5)
   t.equal((await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER } })).statusCode, 201)
   t.same(worker?.optionQueues.activeOptionIds, [id])
@@ -51,7 +52,7 @@ t.test('idle option queues are let go, and come back when used again', async (t)
 })
 
 t.test("the API's Redis connections do not grow with the number of options", async (t) => {
-  const { app, redis, prefix } = await setUp(t)
+  const { app, redis, prefix } = await setUp(t, { env: QUEUED })
   // Connection names carry the key prefix, so other test files' apps are not counted.
   const apiClients = async (): Promise<number> => {
     const list = await redis.client('LIST') as string

@@ -19,7 +19,7 @@ import type { Db } from '../../shared/db'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { PURCHASE_JOB_NAME, purchaseQueueName } from '../../shared/queues/queue-names'
 import type { WorkerMetrics } from '../monitoring/metrics'
-import { GroupCommit } from './group-commit'
+import { GroupCommit } from '../../shared/purchases/group-commit'
 import { createPurchaseProcessor, RecentOutcomes } from './purchase-processor'
 
 /**

@@ -4,7 +4,7 @@
  * processed also takes the next waiting jobs of its queue, whole, while their
  * requests fit in the batch size, and applies them all in one transaction
  * under one row lock (shared with other options' batches of the moment:
- * group-commit.ts), each with its own outcome, in arrival order. When those
+ * shared/purchases/group-commit.ts), each with its own outcome, in arrival order. When those
  * jobs' turns come, their outcomes are already recorded and they only report them.
  *
  * A rejection ("not enough tickets") is a result, not a failure. No failure
@@ -28,14 +28,14 @@ import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { annotateActiveSpan, inTransactionSpan, PurchaseAttribute, requestAttributes, transactionCommitted } from '../../shared/telemetry/purchase-spans'
 import { applySaleBatch, outcomeStatus, rejectUnprocessable, UnknownTicketOptionError, type SaleOutcome } from '../../shared/purchases/sale-store'
 import type { WorkerMetrics } from '../monitoring/metrics'
-import type { GroupCommit } from './group-commit'
+import type { GroupCommit } from '../../shared/purchases/group-commit'
 
 export interface PurchaseProcessorDeps {
   db: Db
-  /** where a batch's transaction runs: with other options' batches of the moment (group-commit.ts) */
+  /** where a batch's transaction runs: with other options' batches of the moment (shared/purchases/group-commit.ts) */
   transactions: Pick<GroupCommit, 'run'>
   /** where outcomes are sent: inside the transaction (PostgreSQL) or after it (Redis) */
-  backend: Pick<QueueBackend, 'recordApplied' | 'publishApplied' | 'publishApplying' | 'olderWaiting' | 'waitingData' | 'handBack' | 'forgetBundle'>
+  backend: Pick<QueueBackend, 'recordApplied' | 'publishApplied' | 'publishApplying' | 'olderWaiting' | 'waitingData' | 'handBack' | 'forgetBundle' | 'directPurchases' | 'directLeaseMs'>
   batchSize: number
   dbRetryMs: number
   log: Logger
@@ -99,6 +99,9 @@ const sleep = async (ms: number): Promise<void> => { await new Promise((resolve)
 /** How long a job that can neither be applied nor recorded waits before it is tried again (ms). */
 export const STUCK_RETRY_MS = 2000
 
+/** How often a worker looks again at a direct lease it waits for (ms); a lease usually lasts one transaction. */
+export const DIRECT_LEASE_POLL_MS = 2
+
 /** Why the processor gives the job back to the head of its queue instead of an outcome. */
 class HandBack extends Error {
   override name = 'HandBack'
@@ -142,6 +145,23 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
     }
     // Requests of older code carry no line: they came first.
     return [...byId.values()].sort((a, b) => (a.line ?? 0) - (b.line ?? 0))
+  }
+
+  /**
+   * Waits while an API holds the option's direct lease
+   * (api/purchasing/direct-sales.ts): it was granted before this job became
+   * active, so its batch comes first. True when there was one to wait for.
+   */
+  async function waitOutDirectLease (ticketOptionId: string, jobLog: Logger): Promise<boolean> {
+    if (!backend.directPurchases) return false
+    let waited = false
+    for (;;) {
+      const ms = await backend.directLeaseMs(ticketOptionId)
+      if (ms <= 0) return waited
+      if (!waited && jobLog.isLevelEnabled('debug')) jobLog.debug({ leaseMs: ms }, 'waiting for an API\'s direct batch')
+      waited = true
+      await sleep(Math.min(ms, DIRECT_LEASE_POLL_MS))
+    }
   }
 
   /**
@@ -278,6 +298,12 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
       const applyingLine = batch.length > 1 ? lastLineOf(batch) : null
       if (applyingLine !== null) backend.publishApplying(data.ticketOptionId, applyingLine).catch(() => {})
       return batch
+    }
+    try {
+      // A direct batch that failed is queued at the head before its lease ends: read the batch again.
+      if (await waitOutDirectLease(data.ticketOptionId, jobLog)) prefetched = undefined
+    } catch (err) {
+      return await handBack(job, token, jobLog, err)
     }
     let applied: Applied
     try {

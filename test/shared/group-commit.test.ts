@@ -1,5 +1,5 @@
 /**
- * Group commit (worker/purchasing/group-commit.ts) against a real
+ * Group commit (shared/purchases/group-commit.ts) against a real
  * PostgreSQL: batches of different options ready at the same moment share
  * one transaction; a batch that fails never takes the others with it, and
  * none is ever half-written.
@@ -8,7 +8,7 @@ import t from 'tap'
 import pino from 'pino'
 import { createPool, type DbClient } from '../../shared/db'
 import { createTicketOption } from '../../shared/ticket-options'
-import { GroupCommit } from '../../worker/purchasing/group-commit'
+import { GroupCommit } from '../../shared/purchases/group-commit'
 import { createTestEnvironment, type Teardown } from '../support/environment'
 
 /** A batch's stand-in: takes `n` of the option's tickets under its row lock and says in which transaction. */

@@ -20,7 +20,7 @@
  */
 import { AsyncResource } from 'node:async_hooks'
 import pg from 'pg'
-import { withTransaction, type Db, type DbClient } from '../../shared/db'
+import { withTransaction, type Db, type DbClient } from '../db'
 
 /** Work of one batch inside a transaction; it may be run again (it reads what it needs inside). */
 export type TransactionWork<T> = (client: DbClient) => Promise<T>

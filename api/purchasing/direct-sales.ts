@@ -1,0 +1,179 @@
+/**
+ * The direct path: an option with nobody in line needs no queue. When a
+ * request comes for an option whose queue is empty, the API takes the
+ * option's lease and line numbers in one Redis script (shared/queues/
+ * direct-lease.ts) and applies the request itself, in a transaction of the
+ * same sale-store code a worker runs (shared with other options' batches of
+ * the moment: group-commit.ts), then advances the applied line, drops the
+ * lease and publishes the outcome, in one round trip not awaited. A buyer
+ * then pays one script and one transaction, not the queue's per-job path
+ * (about 40 Redis commands and four to six round trips).
+ *
+ * Requests of one option that arrive while its batch is in flight gather and
+ * go as the next batch (batched-calls.ts). Everything else is as before:
+ * - while a lease lives, other requests of the option (another API's, or ones
+ *   that arrive here between batches) queue behind it with later line
+ *   numbers, and no worker starts a batch of the option until the lease ends
+ *   (purchase-processor.ts). A lease is granted only while nothing of the
+ *   option waits or runs in its queue, so arrival order holds (invariant 4);
+ * - a batch that fails (PostgreSQL down, refused, or slower than half the
+ *   lease) is rolled back and queued at the head of the option's queue with
+ *   its line numbers, before the lease is dropped: a worker applies it, first;
+ * - an API that dies mid-batch: the lease expires (DIRECT_LEASE_MS) and the
+ *   worker goes on; the batch committed or left nothing (one transaction);
+ * - the fence: the batch commits only if it holds the option's row lock
+ *   before half the lease is gone. A worker that waited out the lease then
+ *   waits on that row lock, so it can never apply a later request first.
+ */
+import { randomUUID } from 'node:crypto'
+import { performance } from 'node:perf_hooks'
+import type { Logger } from 'pino'
+import type { GroupCommit } from '../../shared/purchases/group-commit'
+import type { AppliedMessage } from '../../shared/purchases/purchase-outcomes'
+import { jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
+import { applySaleBatch, outcomeStatus, type SaleOutcome } from '../../shared/purchases/sale-store'
+import type { QueueBackend } from '../../shared/queues/queue-backend'
+import { inTransactionSpan, transactionCommitted } from '../../shared/telemetry/purchase-spans'
+import { BatchedCalls } from './batched-calls'
+import type { PurchaseQueues } from './purchase-queues'
+
+export type DirectResult =
+  /** applied and committed here */
+  | { kind: 'applied', outcome: SaleOutcome }
+  /** the option has a line (or Redis could not say): queue it as usual */
+  | { kind: 'declined' }
+  /** its batch failed after the lease was taken: queued at the head of the option's queue under this line number */
+  | { kind: 'queued', line: number }
+
+export interface DirectSalesDeps {
+  backend: Pick<QueueBackend, 'claimDirect' | 'releaseDirect' | 'recordApplied'>
+  transactions: Pick<GroupCommit, 'run'>
+  queues: Pick<PurchaseQueues, 'enqueueAhead'>
+  leaseMs: number
+  /** most requests in one direct transaction (WORKER_BATCH_SIZE, as a worker's batch) */
+  maxBatch: number
+  log: Logger
+  /** counts each direct batch by how it ended (metrics); absent: nobody counts */
+  onBatch?: (result: 'applied' | 'declined' | 'queued', requests: number) => void
+}
+
+/** The batch held the row lock too late: a worker may have gone on after the lease. */
+export class LeaseRunningOutError extends Error {
+  override name = 'LeaseRunningOutError'
+}
+
+export class DirectSales {
+  private readonly batches = new BatchedCalls<SaleRequest, DirectResult>(async (ticketOptionId, requests) => await this.applyGathered(ticketOptionId, requests))
+
+  constructor (private readonly deps: DirectSalesDeps) {}
+
+  /**
+   * Applies the request here when its option has nobody in line. Rejects
+   * only when its batch failed and could not be queued either (Redis down):
+   * the caller then answers as for a failed add.
+   */
+  async apply (request: SaleRequest): Promise<DirectResult> {
+    return await this.batches.call(request.ticketOptionId, request)
+  }
+
+  /**
+   * The requests gathered, in chunks of at most `maxBatch`, one after the
+   * other; once one is declined (the option has a line now) the rest are
+   * too, so none of them overtakes a request that went to the queue.
+   */
+  private async applyGathered (ticketOptionId: string, requests: SaleRequest[]): Promise<DirectResult[]> {
+    const results: DirectResult[] = []
+    for (let i = 0; i < requests.length; i += this.deps.maxBatch) {
+      const chunk = requests.slice(i, i + this.deps.maxBatch)
+      if (results.some((r) => r.kind !== 'applied')) {
+        this.deps.onBatch?.('declined', chunk.length)
+        results.push(...chunk.map((): DirectResult => ({ kind: 'declined' })))
+      } else {
+        results.push(...await this.applyBatch(ticketOptionId, chunk))
+      }
+    }
+    return results
+  }
+
+  private async applyBatch (ticketOptionId: string, requests: SaleRequest[]): Promise<DirectResult[]> {
+    const { backend, leaseMs, log } = this.deps
+    const token = randomUUID()
+    // Measured from before the claim is sent, so never shorter than what Redis counts.
+    const started = performance.now()
+    let first: number | null
+    try {
+      first = await backend.claimDirect(ticketOptionId, requests.length, leaseMs, token)
+    } catch (err) {
+      log.warn({ err, ticketOptionId }, 'could not claim the direct lease; queueing')
+      first = null
+    }
+    if (first === null) {
+      this.deps.onBatch?.('declined', requests.length)
+      return requests.map(() => ({ kind: 'declined' }))
+    }
+    const from = first
+    const batch = requests.map((r, i) => ({ ...r, line: from + i }))
+    let applied: Omit<AppliedMessage, 'type'>
+    try {
+      applied = await this.commit(ticketOptionId, batch, started)
+    } catch (err) {
+      return await this.queueInstead(ticketOptionId, token, batch, err)
+    }
+    // Not awaited: this API's next claim of the option goes after it on the same connection.
+    backend.releaseDirect(ticketOptionId, token, applied).catch((err: unknown) => {
+      // The lease then expires on its own; until then the option's requests queue.
+      log.warn({ err, ticketOptionId }, 'could not release the direct lease')
+    })
+    this.deps.onBatch?.('applied', batch.length)
+    const byId = new Map(applied.outcomes.map((o) => [o.id, o]))
+    if (log.isLevelEnabled('debug')) {
+      // As a worker logs a purchase it applied, with the request id: one purchase can be followed either way.
+      for (const request of batch) {
+        const kind = request.kind ?? 'purchase'
+        const id = jobIdOf(request)
+        const outcome = byId.get(id)
+        log.debug({ ...(kind === 'purchase' ? { purchaseId: id } : { id }), reqId: request.requestId, ticketOptionId, status: outcome === undefined ? 'unknown' : outcomeStatus(outcome), batch: batch.length, line: request.line }, `${kind} applied directly`)
+      }
+    }
+    return batch.map((r) => ({ kind: 'applied', outcome: byId.get(jobIdOf(r)) as SaleOutcome }))
+  }
+
+  /** The batch's transaction; throws LeaseRunningOutError (rolled back) when the row lock came too late. */
+  private async commit (ticketOptionId: string, batch: SaleRequest[], started: number): Promise<Omit<AppliedMessage, 'type'>> {
+    const { backend, transactions, leaseMs } = this.deps
+    const [head] = batch as [SaleRequest]
+    return await inTransactionSpan(head, async (span) => {
+      const startTime = Date.now()
+      const message = await transactions.run(async (client) => {
+        const outcomes = await applySaleBatch(client, ticketOptionId, batch)
+        // applySaleBatch took the row lock first: checked after it, before COMMIT.
+        if (performance.now() - started > leaseMs / 2) throw new LeaseRunningOutError('the option\'s row was locked after half the direct lease')
+        const message = { ticketOptionId, appliedLine: (batch[batch.length - 1] as SaleRequest).line ?? null, count: batch.length, at: Date.now(), outcomes }
+        await backend.recordApplied(client, message)
+        return message
+      })
+      transactionCommitted(span, head, batch, message.outcomes, message.outcomes.map(outcomeStatus), startTime)
+      return message
+    })
+  }
+
+  /**
+   * After a failed batch: queued at the head of the option's queue with its
+   * line numbers, then the lease dropped, so the worker that waited for it
+   * applies these first. When even that fails, every request of the batch
+   * gets the error (a failed add: the caller voids it, or finds it committed).
+   */
+  private async queueInstead (ticketOptionId: string, token: string, batch: SaleRequest[], why: unknown): Promise<DirectResult[]> {
+    const { backend, queues, log } = this.deps
+    log.warn({ err: why, ticketOptionId, requests: batch.length }, 'direct batch failed; queueing it')
+    try {
+      await queues.enqueueAhead(batch)
+    } finally {
+      await backend.releaseDirect(ticketOptionId, token, null).catch((err: unknown) => {
+        log.warn({ err, ticketOptionId }, 'could not release the direct lease')
+      })
+    }
+    this.deps.onBatch?.('queued', batch.length)
+    return batch.map((r) => ({ kind: 'queued', line: r.line as number }))
+  }
+}

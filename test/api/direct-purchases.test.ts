@@ -1,0 +1,179 @@
+/**
+ * The direct path (api/purchasing/direct-sales.ts): an API applies the
+ * requests of an option with nobody in line itself, under the option's lease
+ * (shared/queues/direct-lease.ts); a worker never starts a batch of the
+ * option while the lease lives; a batch that fails is queued at the head of
+ * the option's queue with its line numbers. On PostgreSQL queues there is no
+ * direct path: every request is queued.
+ */
+import t, { type Test } from 'tap'
+import pino from 'pino'
+import { DirectSales, LeaseRunningOutError, type DirectResult, type DirectSalesDeps } from '../../api/purchasing/direct-sales'
+import { GroupCommit } from '../../shared/purchases/group-commit'
+import type { PurchaseRequest } from '../../shared/purchases/sale-request'
+import { directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from '../../shared/queues/queue-names'
+import { createPool } from '../../shared/db'
+import { buildTestApp, buy, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
+import { eachQueueBackend, unbalancedOptions } from '../support/environment'
+import { sample } from '../support/prometheus-text'
+import { sleep, waitFor } from '../support/wait'
+
+const silent = pino({ level: 'silent' })
+
+eachQueueBackend(t, 'a purchase of an option with nobody in line, and no worker running', async (t, backendEnv) => {
+  const { app, redis, prefix, openQueues } = await setUp(t, { worker: false, env: { ...backendEnv, PURCHASE_WAIT_MS: '300' } })
+  const id = await createOption(app, 5)
+  const first = await buy(app, id, { quantity: 2 })
+  const second = await buy(app, id, { quantity: 2 })
+  const queues = openQueues()
+  const queue = queues.createQueue(purchaseQueueName(id))
+  t.teardown(async () => { await queue.close() })
+  const waiting = await queues.waitingData(queue, 10)
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  if (backendEnv.QUEUE_BACKEND === 'redis') {
+    t.same([first.statusCode, second.statusCode], [201, 201], 'the API applied both itself')
+    t.equal(second.json().status, 'succeeded')
+    t.same(waiting, [], 'nothing was queued')
+    t.same([await redis.get(lineTicketKey(prefix, id)), await redis.get(lineAppliedKey(prefix, id))], ['2', '2'], 'each took a line number, and both are applied')
+    t.equal(await waitFor(async () => await redis.exists(directLeaseKey(prefix, id)), (n) => n === 0), 0, 'the lease is dropped')
+    t.equal(sample(metrics, 'direct_requests_total', { result: 'applied' }), 2)
+    const line = (await app.inject({ method: 'GET', url: `/ticket_options/${id}/queue` })).json()
+    t.equal(line.waiting, 0, 'the line is empty')
+  } else {
+    t.same([first.statusCode, second.statusCode], [202, 202], 'queued: no direct path on PostgreSQL queues')
+    t.equal(waiting.length, 2)
+    t.equal(sample(metrics, 'direct_requests_total', { result: 'applied' }), undefined)
+  }
+})
+
+t.test('a lease held elsewhere: the purchase queues behind it, and the worker waits until the lease ends', async (t) => {
+  const { app, redis, prefix, config, sql } = await setUp(t, { worker: false })
+  const id = await createOption(app, 5)
+  t.equal((await buy(app, id)).statusCode, 201, 'the option\'s first purchase goes direct')
+  // Another API's batch in flight: its lease, and the line number it took.
+  await redis.set(directLeaseKey(prefix, id), 'another-api', 'PX', 60_000)
+  await redis.incr(lineTicketKey(prefix, id))
+  await startTestWorker(t, config)
+  const queued = app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER }, headers: { prefer: 'respond-async' } })
+  const res = await queued
+  t.equal(res.statusCode, 202)
+  t.equal(res.json().position, 1, 'behind the leased batch')
+  await sleep(600)
+  const count = async (): Promise<number> => Number((await sql.query('select count(*) from purchases where ticket_option_id = $1', [id])).rows[0].count)
+  t.equal(await count(), 1, 'the worker does not apply it while the lease lives')
+  await redis.del(directLeaseKey(prefix, id))
+  t.equal(await waitFor(count, (n) => n === 2), 2, 'and applies it once the lease is gone')
+  t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('an API that died holding a lease: the worker goes on once the lease expires', async (t) => {
+  const { app, redis, prefix, config, sql } = await setUp(t, { worker: false })
+  const id = await createOption(app, 5)
+  await redis.set(directLeaseKey(prefix, id), 'a-dead-api', 'PX', 800)
+  await redis.incr(lineTicketKey(prefix, id))
+  await startTestWorker(t, config)
+  const started = Date.now()
+  const res = await buy(app, id)
+  t.equal(res.statusCode, 201, 'answered once the worker applied it')
+  t.ok(Date.now() - started >= 500, `not before the lease ran out (${Date.now() - started} ms)`)
+  t.equal(res.json().status, 'succeeded')
+  t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('a direct batch that holds the row lock too late is rolled back, queued ahead of later requests, and applied first', async (t) => {
+  const { app, config, sql } = await setUp(t, { env: { DIRECT_LEASE_MS: '400' } })
+  // A second API on the same stores: its request meets the first one's lease and queues.
+  const other = await buildTestApp(t, config)
+  const id = await createOption(app, 5)
+  const blocker = await sql.connect()
+  await blocker.query('begin')
+  await blocker.query('select 1 from ticket_options where id = $1 for update', [id])
+  const first = buy(app, id, { quantity: 2 })
+  await sleep(100) // the first has its lease and waits on the row
+  const second = buy(other, id, { quantity: 1 })
+  await sleep(250) // past half the lease
+  await blocker.query('commit')
+  blocker.release()
+  const [a, b] = await Promise.all([first, second])
+  t.same([a.statusCode, b.statusCode], [201, 201])
+  const { rows } = await sql.query<{ id: string }>('select id::text from purchases where ticket_option_id = $1 order by seq', [id])
+  t.same(rows.map((r) => r.id), [a.json().id, b.json().id], 'applied in line order')
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.equal(sample(metrics, 'direct_requests_total', { result: 'queued' }), 1, 'counted as a direct batch queued instead')
+  t.same(await unbalancedOptions(sql), [])
+})
+
+/** DirectSales alone on the test's stores; `make` builds one with the parts a test breaks on purpose. */
+async function directSales (t: Test) {
+  const { config, sql, app, openQueues, redis, prefix } = await setUp(t, { worker: false })
+  const backend = openQueues()
+  const db = createPool(config.databaseUrl, 2, silent)
+  t.teardown(async () => { await db.end() })
+  const make = (overrides: Partial<DirectSalesDeps> = {}): DirectSales => new DirectSales({
+    backend,
+    transactions: new GroupCommit(db, 1),
+    queues: { enqueueAhead: async () => { throw new Error('not expected') } },
+    leaseMs: config.directLeaseMs,
+    maxBatch: 3,
+    log: silent,
+    ...overrides,
+  })
+  const id = await createOption(app, 10)
+  let n = 0
+  const request = (): PurchaseRequest => ({ kind: 'purchase', purchaseId: `00000000-0000-4000-8000-${String(++n).padStart(12, '0')}`, ticketOptionId: id, userId: USER, quantity: 1, requestId: `r${n}`, enqueuedAt: Date.now() })
+  const purchases = async (): Promise<number> => Number((await sql.query('select count(*) from purchases')).rows[0].count)
+  return { make, id, request, redis, prefix, backend, purchases }
+}
+
+t.test('DirectSales: a batch that failed and could not be queued either rejects, and drops its lease', async (t) => {
+  const { make, request, redis, prefix, id, purchases } = await directSales(t)
+  const failure = new Error('the queue store is gone')
+  const sales = make({ leaseMs: 100, transactions: { run: async () => { throw new LeaseRunningOutError('late') } }, queues: { enqueueAhead: async () => { throw failure } } })
+  await t.rejects(sales.apply(request()), failure)
+  t.equal(await redis.exists(directLeaseKey(prefix, id)), 0, 'the lease is dropped')
+  t.equal(await purchases(), 0, 'nothing was written')
+})
+
+t.test('DirectSales: a claim Redis cannot answer declines (the queue path answers then)', async (t) => {
+  const { make, request, backend, purchases } = await directSales(t)
+  const sales = make({ backend: { ...backend, claimDirect: async () => { throw new Error('no Redis') } } })
+  t.same(await sales.apply(request()), { kind: 'declined' } satisfies DirectResult)
+  t.equal(await purchases(), 0)
+})
+
+t.test('DirectSales: a release that fails still answers what committed; the lease then runs out on its own', async (t) => {
+  const { make, request, backend, redis, prefix, id, purchases } = await directSales(t)
+  const sales = make({ leaseMs: 300, backend: { ...backend, releaseDirect: async () => { throw new Error('no Redis') } } })
+  const result = await sales.apply(request())
+  t.equal(result.kind, 'applied')
+  t.equal(await purchases(), 1)
+  t.equal(await redis.exists(directLeaseKey(prefix, id)), 1, 'the lease is still there')
+  t.same(await sales.apply(request()), { kind: 'declined' }, 'and the option\'s next request queues meanwhile (its line is not applied)')
+  await sleep(350)
+  t.equal(await redis.exists(directLeaseKey(prefix, id)), 0, 'until it expires')
+})
+
+t.test('DirectSales: requests gathered at once go in chunks of at most maxBatch; once one chunk is declined, so are the rest', async (t) => {
+  const { make, request, purchases } = await directSales(t)
+  const batches: Array<[string, number]> = []
+  const sales = make({ onBatch: (result, n) => { batches.push([result, n]) } })
+  const results = await Promise.all(Array.from({ length: 7 }, async () => await sales.apply(request())))
+  t.same(results.map((r) => r.kind), Array(7).fill('applied'))
+  t.same(batches, [['applied', 3], ['applied', 3], ['applied', 1]], 'three transactions')
+  t.equal(await purchases(), 7)
+})
+
+t.test('DirectSales: once a chunk is declined (another API took the lease meanwhile), the rest of the gathered requests are too', async (t) => {
+  const { make, request, backend, purchases } = await directSales(t)
+  const batches: Array<[string, number]> = []
+  let claims = 0
+  const sales = make({
+    onBatch: (result, n) => { batches.push([result, n]) },
+    backend: { ...backend, claimDirect: async (...args) => ++claims === 2 ? null : await backend.claimDirect(...args) },
+  })
+  const results = await Promise.all(Array.from({ length: 9 }, async () => await sales.apply(request())))
+  t.same(results.map((r) => r.kind), [...Array(3).fill('applied'), ...Array(6).fill('declined')])
+  t.same(batches, [['applied', 3], ['declined', 3], ['declined', 3]])
+  t.equal(claims, 2, 'no claim after the declined one')
+  t.equal(await purchases(), 3)
+})
