@@ -65,7 +65,12 @@ export class LeaseRunningOutError extends Error {
 export class DirectSales {
   private readonly batches = new BatchedCalls<SaleRequest, DirectResult>(async (ticketOptionId, requests) => await this.applyGathered(ticketOptionId, requests))
 
-  constructor (private readonly deps: DirectSalesDeps) {}
+  /** A line per request applied, at debug; read once (an app built with `logger: false` has no levels). */
+  private readonly logsEach: boolean
+
+  constructor (private readonly deps: DirectSalesDeps) {
+    this.logsEach = typeof deps.log.isLevelEnabled === 'function' && deps.log.isLevelEnabled('debug')
+  }
 
   /**
    * Applies the request here when its option has nobody in line. Rejects
@@ -126,7 +131,7 @@ export class DirectSales {
     })
     this.deps.onBatch?.('applied', batch.length)
     const byId = new Map(applied.outcomes.map((o) => [o.id, o]))
-    if (log.isLevelEnabled('debug')) {
+    if (this.logsEach) {
       // As a worker logs a purchase it applied, with the request id: one purchase can be followed either way.
       for (const request of batch) {
         const kind = request.kind ?? 'purchase'

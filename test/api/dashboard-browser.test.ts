@@ -11,6 +11,7 @@ import { chromium, type Browser } from 'playwright-core'
 import t from 'tap'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
 import { createOption, setUp } from '../support/app'
+import { QUEUED } from '../support/environment'
 import { ROOT } from '../support/processes'
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -26,7 +27,7 @@ const skip = !existsSync(CHROMIUM) && (process.env.CI ?? '') === ''
   : false
 
 t.test('the dashboard in a browser', { skip }, async (t) => {
-  const { app } = await setUp(t, { env: { DASHBOARD_USER: USER, DASHBOARD_PASSWORD: PASSWORD } })
+  const { app } = await setUp(t, { env: { DASHBOARD_USER: USER, DASHBOARD_PASSWORD: PASSWORD, ...QUEUED } })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
   if (address === null || typeof address === 'string') throw new Error('the API is not listening on TCP')
