@@ -66,12 +66,20 @@ export async function ledgerOf (db: Db, ticketOptionId: string): Promise<Ledger 
   return (await ledgersOf(db, [ticketOptionId]))[0] ?? null
 }
 
-/** Options whose tickets moved in the last `seconds` (a sale, a hold, an expiry, a cancellation). */
-export async function recentlyActiveOptions (db: Db, seconds: number, limit = 10_000): Promise<string[]> {
-  const { rows } = await db.query<{ id: string }>(
-    `select id from ticket_options where updated_at > now() - make_interval(secs => $1::integer)
+/** An option whose tickets moved recently: when (its `updated_at`, ms since epoch) and how long ago (ms, by PostgreSQL's clock). */
+export interface RecentChange {
+  ticketOptionId: string
+  updatedAt: number
+  idleMs: number
+}
+
+/** Options whose tickets moved in the last `seconds` (a sale, a hold, an expiry, a cancellation), most recent first. */
+export async function recentlyChangedOptions (db: Db, seconds: number, limit = 10_000): Promise<RecentChange[]> {
+  const { rows } = await db.query<{ id: string, updated_ms: number, idle_ms: number }>(
+    `select id, extract(epoch from updated_at) * 1000 as updated_ms, extract(epoch from now() - updated_at) * 1000 as idle_ms
+       from ticket_options where updated_at > now() - make_interval(secs => $1::integer)
       order by updated_at desc limit $2::integer`,
     [seconds, limit]
   )
-  return rows.map((r) => r.id)
+  return rows.map((r) => ({ ticketOptionId: r.id, updatedAt: Number(r.updated_ms), idleMs: Number(r.idle_ms) }))
 }
