@@ -31,7 +31,7 @@ import type { Logger } from 'pino'
 import type { GroupCommit } from '../../shared/purchases/group-commit'
 import type { AppliedMessage } from '../../shared/purchases/purchase-outcomes'
 import { jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
-import { applySaleBatch, outcomeStatus, type SaleOutcome } from '../../shared/purchases/sale-store'
+import { applySaleBatchIf, outcomeStatus, type SaleOutcome } from '../../shared/purchases/sale-store'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { inTransactionSpan, transactionCommitted } from '../../shared/telemetry/purchase-spans'
 import { BatchedCalls } from './batched-calls'
@@ -65,6 +65,8 @@ export class LeaseRunningOutError extends Error {
 export class DirectSales {
   private readonly batches = new BatchedCalls<SaleRequest, DirectResult>(async (ticketOptionId, requests) => await this.applyGathered(ticketOptionId, requests))
 
+  /** Options whose last claim here was declined (bounded: cleared when full). */
+  private readonly declinedLately = new BoundedSet(10_000)
   /** A line per request applied, at debug; read once (an app built with `logger: false` has no levels). */
   private readonly logsEach: boolean
 
@@ -105,59 +107,83 @@ export class DirectSales {
     const token = randomUUID()
     // Measured from before the claim is sent, so never shorter than what Redis counts.
     const started = performance.now()
-    let first: number | null
-    try {
-      first = await backend.claimDirect(ticketOptionId, requests.length, leaseMs, token)
-    } catch (err) {
+    const claiming = backend.claimDirect(ticketOptionId, requests.length, leaseMs, token).catch((err: unknown) => {
       log.warn({ err, ticketOptionId }, 'could not claim the direct lease; queueing')
-      first = null
-    }
-    if (first === null) {
+      return null
+    })
+    const declined = (): DirectResult[] => {
+      this.declinedLately.add(ticketOptionId)
       this.deps.onBatch?.('declined', requests.length)
       return requests.map(() => ({ kind: 'declined' }))
     }
-    const from = first
-    const batch = requests.map((r, i) => ({ ...r, line: from + i }))
-    let applied: Omit<AppliedMessage, 'type'>
-    try {
-      applied = await this.commit(ticketOptionId, batch, started)
-    } catch (err) {
-      return await this.queueInstead(ticketOptionId, token, batch, err)
+    // The claim goes out beside the transaction's lock and reads, and is awaited
+    // before the write; an option whose last claim here was declined probably has
+    // a line: its claim is awaited first, so its row is not locked for nothing.
+    if (this.declinedLately.has(ticketOptionId) && await claiming === null) return declined()
+    let batch: SaleRequest[] | null = null
+    const mayWrite = async (): Promise<boolean> => {
+      const first = await claiming
+      if (first === null) return false
+      batch = requests.map((r, i) => ({ ...r, line: first + i }))
+      return true
     }
+    let applied: Omit<AppliedMessage, 'type'> | null
+    try {
+      applied = await this.commit(ticketOptionId, requests, started, mayWrite, () => batch as SaleRequest[] | null)
+    } catch (err) {
+      // Failed before the claim was asked, or after it was granted: the claim decides.
+      const first = await claiming
+      if (first === null) return declined()
+      return await this.queueInstead(ticketOptionId, token, requests.map((r, i) => ({ ...r, line: first + i })), err)
+    }
+    if (applied === null) return declined()
+    this.declinedLately.delete(ticketOptionId)
+    const committed = batch as unknown as SaleRequest[]
     // Not awaited: this API's next claim of the option goes after it on the same connection.
     backend.releaseDirect(ticketOptionId, token, applied).catch((err: unknown) => {
       // The lease then expires on its own; until then the option's requests queue.
       log.warn({ err, ticketOptionId }, 'could not release the direct lease')
     })
-    this.deps.onBatch?.('applied', batch.length)
+    this.deps.onBatch?.('applied', committed.length)
     const byId = new Map(applied.outcomes.map((o) => [o.id, o]))
     if (this.logsEach) {
       // As a worker logs a purchase it applied, with the request id: one purchase can be followed either way.
-      for (const request of batch) {
+      for (const request of committed) {
         const kind = request.kind ?? 'purchase'
         const id = jobIdOf(request)
         const outcome = byId.get(id)
-        log.debug({ ...(kind === 'purchase' ? { purchaseId: id } : { id }), reqId: request.requestId, ticketOptionId, status: outcome === undefined ? 'unknown' : outcomeStatus(outcome), batch: batch.length, line: request.line }, `${kind} applied directly`)
+        log.debug({ ...(kind === 'purchase' ? { purchaseId: id } : { id }), reqId: request.requestId, ticketOptionId, status: outcome === undefined ? 'unknown' : outcomeStatus(outcome), batch: committed.length, line: request.line }, `${kind} applied directly`)
       }
     }
-    return batch.map((r) => ({ kind: 'applied', outcome: byId.get(jobIdOf(r)) as SaleOutcome }))
+    return committed.map((r) => ({ kind: 'applied', outcome: byId.get(jobIdOf(r)) as SaleOutcome }))
   }
 
-  /** The batch's transaction; throws LeaseRunningOutError (rolled back) when the row lock came too late. */
-  private async commit (ticketOptionId: string, batch: SaleRequest[], started: number): Promise<Omit<AppliedMessage, 'type'>> {
+  /**
+   * The batch's transaction: null when `mayWrite` said no (the lease was
+   * not granted; nothing written). Throws LeaseRunningOutError (rolled back)
+   * when the row lock came too late. `numbered` is the batch with its line
+   * numbers, known once `mayWrite` said yes.
+   */
+  private async commit (ticketOptionId: string, requests: SaleRequest[], started: number, mayWrite: () => Promise<boolean>, numbered: () => SaleRequest[] | null): Promise<Omit<AppliedMessage, 'type'> | null> {
     const { backend, transactions, leaseMs } = this.deps
-    const [head] = batch as [SaleRequest]
+    const [head] = requests as [SaleRequest]
     return await inTransactionSpan(head, async (span) => {
       const startTime = Date.now()
       const message = await transactions.run(async (client) => {
-        const outcomes = await applySaleBatch(client, ticketOptionId, batch)
-        // applySaleBatch took the row lock first: checked after it, before COMMIT.
-        if (performance.now() - started > leaseMs / 2) throw new LeaseRunningOutError('the option\'s row was locked after half the direct lease')
+        const outcomes = await applySaleBatchIf(client, ticketOptionId, requests, async () => {
+          if (!await mayWrite()) return false
+          // The row is locked by now: checked before anything is written.
+          if (performance.now() - started > leaseMs / 2) throw new LeaseRunningOutError('the option\'s row was locked after half the direct lease')
+          return true
+        })
+        const batch = numbered()
+        if (outcomes === null || batch === null) return null
         const message = { ticketOptionId, appliedLine: (batch[batch.length - 1] as SaleRequest).line ?? null, count: batch.length, at: Date.now(), outcomes }
         await backend.recordApplied(client, message)
         return message
       })
-      transactionCommitted(span, head, batch, message.outcomes, message.outcomes.map(outcomeStatus), startTime)
+      const batch = numbered()
+      if (message !== null && batch !== null) transactionCommitted(span, head, batch, message.outcomes, message.outcomes.map(outcomeStatus), startTime)
       return message
     })
   }
@@ -181,4 +207,17 @@ export class DirectSales {
     this.deps.onBatch?.('queued', batch.length)
     return batch.map((r) => ({ kind: 'queued', line: r.line as number }))
   }
+}
+
+/** A set that forgets everything when it reaches its capacity (a hint, not a record). */
+class BoundedSet {
+  private readonly items = new Set<string>()
+  constructor (private readonly capacity: number) {}
+  has (item: string): boolean { return this.items.has(item) }
+  add (item: string): void {
+    if (this.items.size >= this.capacity) this.items.clear()
+    this.items.add(item)
+  }
+
+  delete (item: string): void { this.items.delete(item) }
 }

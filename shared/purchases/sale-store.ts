@@ -125,6 +125,16 @@ function rememberLimit (ticketOptionId: string, limited: boolean): void {
  * parses and plans them once, not once per batch.
  */
 export async function applySaleBatch (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[]): Promise<SaleOutcome[]> {
+  return await applySaleBatchIf(client, ticketOptionId, requests, null) as SaleOutcome[]
+}
+
+/**
+ * applySaleBatch, asking `mayWrite` once the row is locked and the batch
+ * decided, before anything is written: false writes nothing and returns null
+ * (the transaction then holds only the lock and reads). The direct path
+ * (api/purchasing/direct-sales.ts) claims its lease meanwhile.
+ */
+export async function applySaleBatchIf (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[], mayWrite: (() => Promise<boolean>) | null): Promise<SaleOutcome[] | null> {
   if (requests.some((r) => r.ticketOptionId !== ticketOptionId)) throw new Error('a batch must hold requests of one option')
   // The lock and the reads go out together (the client pipelines, shared/db.ts)
   // as statements of their own, run in the order sent: in READ COMMITTED the
@@ -160,6 +170,7 @@ export async function applySaleBatch (client: DbClient, ticketOptionId: string, 
     now,
   }, requests)
 
+  if (mayWrite !== null && !await mayWrite()) return null
   const written = await writeEffects(client, ticketOptionId, requests, effects.decisions, {
     allocation: option.allocation,
     held: option.held,

@@ -122,7 +122,7 @@ async function directSales (t: Test) {
   let n = 0
   const request = (): PurchaseRequest => ({ kind: 'purchase', purchaseId: `00000000-0000-4000-8000-${String(++n).padStart(12, '0')}`, ticketOptionId: id, userId: USER, quantity: 1, requestId: `r${n}`, enqueuedAt: Date.now() })
   const purchases = async (): Promise<number> => Number((await sql.query('select count(*) from purchases')).rows[0].count)
-  return { make, id, request, redis, prefix, backend, purchases }
+  return { make, id, request, redis, prefix, backend, purchases, db }
 }
 
 t.test('DirectSales: a batch that failed and could not be queued either rejects, and drops its lease', async (t) => {
@@ -134,10 +134,18 @@ t.test('DirectSales: a batch that failed and could not be queued either rejects,
   t.equal(await purchases(), 0, 'nothing was written')
 })
 
-t.test('DirectSales: a claim Redis cannot answer declines (the queue path answers then)', async (t) => {
-  const { make, request, backend, purchases } = await directSales(t)
-  const sales = make({ backend: { ...backend, claimDirect: async () => { throw new Error('no Redis') } } })
+t.test('DirectSales: a claim Redis cannot answer declines (the queue path answers then); the next claim of that option is asked before its row is locked', async (t) => {
+  const { make, request, backend, purchases, db } = await directSales(t)
+  const group = new GroupCommit(db, 1)
+  let transactions = 0
+  const sales = make({
+    backend: { ...backend, claimDirect: async () => { throw new Error('no Redis') } },
+    transactions: { run: async (work) => { transactions++; return await group.run(work) } },
+  })
   t.same(await sales.apply(request()), { kind: 'declined' } satisfies DirectResult)
+  t.equal(transactions, 1, 'the first claim went out beside the transaction (which wrote nothing)')
+  t.same(await sales.apply(request()), { kind: 'declined' } satisfies DirectResult)
+  t.equal(transactions, 1, 'after a declined claim, the next is asked first: no transaction')
   t.equal(await purchases(), 0)
 })
 

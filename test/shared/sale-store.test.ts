@@ -13,7 +13,7 @@ import { applySaleBatch, type PurchaseRecord } from '../../shared/purchases/sale
 import type { PurchaseRequest } from '../../shared/purchases/sale-request'
 import { createTicketOption } from '../../shared/ticket-options'
 import { createTestEnvironment, unbalancedOptions } from '../support/environment'
-import { sleep } from '../support/wait'
+import { sleep, waitFor } from '../support/wait'
 
 const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 
@@ -41,9 +41,10 @@ t.test('a batch that waits for the option\'s lock reads what its holder committe
   // The redelivery, with one more purchase behind it, waits for that lock.
   const second = purchase(option.id, 2, 2)
   const batch = withTransaction(db, async (client) => await applySaleBatch(client, option.id, [first, second]))
-  await sleep(200)
-  const { rows: waiting } = await sql.query("select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()")
-  t.equal(waiting[0].n, 1, 'the batch waits for the lock')
+  // Polled, not slept for: on a loaded machine the batch may take a while to reach the lock.
+  const waiting = await waitFor(async () => (await sql.query("select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()")).rows[0].n as number, (n) => n === 1, 5000, 20)
+  await sleep(100)
+  t.equal(waiting, 1, 'the batch waits for the lock')
   await holder.query('commit')
 
   const outcomes = await batch as PurchaseRecord[]
