@@ -5,15 +5,16 @@
  * - claim: when nothing of the option waits, runs or is delayed in its queue,
  *   no line number is taken and not applied, and nobody holds the lease, take
  *   `count` line numbers and the lease for `leaseMs`;
- * - release: after the batch, advance the applied line (when it committed)
- *   and drop the lease if it is still ours;
+ * - release: after the batch, advance the applied line (when it committed),
+ *   drop the lease if it is still ours, and publish the outcomes (in the
+ *   script, except on a cluster, where the channel has a slot of its own);
  * - the worker's read of how long the lease still lives (PTTL).
  * Invariant 4 rests on the claim's check: a worker holds an option's job
  * `active` for the whole of its batch, so no lease is granted while a batch
  * runs, and a worker waits for a lease to end before it starts one.
  */
 import type { QueueKeys } from 'bullmq'
-import { publishMessage, type RedisClient } from '../redis'
+import { isCluster, publishMessage, type RedisClient } from '../redis'
 import type { AppliedMessage } from '../purchases/purchase-outcomes'
 import { directLeaseKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName } from './queue-names'
 
@@ -30,13 +31,15 @@ local last = redis.call('INCRBY', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
 return last - tonumber(ARGV[1]) + 1`
 
-// KEYS: lease, line applied. ARGV: token, applied line ('' when the batch did not commit).
+// KEYS: lease, line applied. ARGV: token, applied line ('' when the batch did not commit),
+// and a channel and message to publish ('' for none): one command for the whole release.
 const RELEASE = `
 if ARGV[2] ~= '' then
   local current = tonumber(redis.call('GET', KEYS[2]) or '0')
   if tonumber(ARGV[2]) > current then redis.call('SET', KEYS[2], ARGV[2]) end
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 0`
 
 type ScriptCall = (...args: Array<string | number>) => Promise<unknown>
@@ -67,16 +70,16 @@ export function directLeases (redis: RedisClient, prefix: string, keys: QueueKey
       return first > 0 ? first : null
     },
     release: async (ticketOptionId, token, applied) => {
-      const args = [directLeaseKey(prefix, ticketOptionId), lineAppliedKey(prefix, ticketOptionId), token, applied?.appliedLine ?? '']
-      if (applied === null || applied.outcomes.length === 0) {
-        await release(...args)
-        return
+      const keysAndLine = [directLeaseKey(prefix, ticketOptionId), lineAppliedKey(prefix, ticketOptionId), token, applied?.appliedLine ?? '']
+      const message = applied === null || applied.outcomes.length === 0 ? null : JSON.stringify({ type: 'applied', ...applied } satisfies AppliedMessage)
+      if (message === null) {
+        await release(...keysAndLine, '', '')
+      } else if (isCluster(redis)) {
+        // The sharded channel lives in another slot than the lease: two commands, sent together.
+        await Promise.all([release(...keysAndLine, '', ''), publishMessage(redis, purchaseOutcomesChannel(prefix), message)])
+      } else {
+        await release(...keysAndLine, purchaseOutcomesChannel(prefix), message)
       }
-      // Sent together (one round trip; on a cluster the sharded channel lives in another slot).
-      await Promise.all([
-        release(...args),
-        publishMessage(redis, purchaseOutcomesChannel(prefix), JSON.stringify({ type: 'applied', ...applied } satisfies AppliedMessage)),
-      ])
     },
     msLeft: async (ticketOptionId) => {
       const ms = await redis.pttl(directLeaseKey(prefix, ticketOptionId))

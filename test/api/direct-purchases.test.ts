@@ -10,6 +10,7 @@ import t, { type Test } from 'tap'
 import pino from 'pino'
 import { DirectSales, LeaseRunningOutError, type DirectResult, type DirectSalesDeps } from '../../api/purchasing/direct-sales'
 import { GroupCommit } from '../../shared/purchases/group-commit'
+import type { LineMessage } from '../../shared/purchases/purchase-outcomes'
 import type { PurchaseRequest } from '../../shared/purchases/sale-request'
 import { directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from '../../shared/queues/queue-names'
 import { createPool } from '../../shared/db'
@@ -44,6 +45,17 @@ eachQueueBackend(t, 'a purchase of an option with nobody in line, and no worker 
     t.equal(waiting.length, 2)
     t.equal(sample(metrics, 'direct_requests_total', { result: 'applied' }), undefined)
   }
+})
+
+t.test('a direct batch publishes its outcomes and applied line, as a worker\'s batch does (for other APIs\' waiters and lines)', async (t) => {
+  const { app, openQueues } = await setUp(t, { worker: false })
+  const id = await createOption(app, 5)
+  const heard: LineMessage[] = []
+  await openQueues().subscribeLineMessages((message) => { heard.push(message) }, () => {})
+  const res = await buy(app, id, { quantity: 2 })
+  t.equal(res.statusCode, 201)
+  const message = await waitFor(() => heard.find((m) => m.type === 'applied' && m.ticketOptionId === id), (m) => m !== undefined, 5000, 20)
+  t.match(message, { type: 'applied', ticketOptionId: id, appliedLine: 1, count: 1, outcomes: [{ id: res.json().id, status: 'succeeded', quantity: 2 }] })
 })
 
 t.test('a lease held elsewhere: the purchase queues behind it, and the worker waits until the lease ends', async (t) => {
