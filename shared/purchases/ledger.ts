@@ -29,21 +29,32 @@ interface LedgerRow {
   cancelled: string
 }
 
-/** Ledgers of the given options (missing ids are left out). One pass over each option's own rows. */
+/**
+ * Ledgers of the given options (missing ids are left out). Each table is
+ * summed once for all the options, grouped: at worst one pass over it,
+ * however many options are asked for (a sum per option, as a lateral join,
+ * could become a pass over the whole table per option when PostgreSQL's
+ * statistics lag behind a sale).
+ */
 export async function ledgersOf (db: Db, ticketOptionIds: readonly string[]): Promise<Ledger[]> {
   if (ticketOptionIds.length === 0) return []
   const { rows } = await db.query<LedgerRow>(
-    `select o.id as ticket_option_id, o.initial_allocation, o.allocation as available, o.held as held_counter,
+    `with sold as (
+       select ticket_option_id,
+              sum(quantity) filter (where cancelled_at is null) as sold,
+              sum(quantity) filter (where cancelled_at is not null) as cancelled
+         from purchases where ticket_option_id = any($1::uuid[]) and status = 'succeeded'
+        group by ticket_option_id
+     ), held as (
+       select ticket_option_id, sum(quantity) as held
+         from reservations where ticket_option_id = any($1::uuid[]) and status = 'held'
+        group by ticket_option_id
+     )
+     select o.id as ticket_option_id, o.initial_allocation, o.allocation as available, o.held as held_counter,
             coalesce(h.held, 0) as held, coalesce(p.sold, 0) as sold, coalesce(p.cancelled, 0) as cancelled
        from ticket_options o
-       left join lateral (
-         select sum(quantity) filter (where cancelled_at is null) as sold,
-                sum(quantity) filter (where cancelled_at is not null) as cancelled
-           from purchases where ticket_option_id = o.id and status = 'succeeded'
-       ) p on true
-       left join lateral (
-         select sum(quantity) as held from reservations where ticket_option_id = o.id and status = 'held'
-       ) h on true
+       left join sold p on p.ticket_option_id = o.id
+       left join held h on h.ticket_option_id = o.id
       where o.id = any($1::uuid[])`,
     [ticketOptionIds]
   )

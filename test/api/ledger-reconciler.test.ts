@@ -15,14 +15,14 @@ import { sleep, waitFor } from '../support/wait'
 
 const INTERVAL_MS = 400
 
-/** The test's pool, counting the ledger reads (the one query with the lateral sums). */
+/** The test's pool, counting the ledger reads (the one query that sums purchases per option). */
 function countingLedgerReads (sql: pg.Pool): { counting: Db, reads: { n: number } } {
   const reads = { n: 0 }
   const counting = new Proxy(sql, {
     get (target, property, receiver) {
       if (property !== 'query') return Reflect.get(target, property, receiver)
       return async (...args: Parameters<Db['query']>) => {
-        if (String(args[0]).includes('left join lateral')) reads.n++
+        if (String(args[0]).includes('with sold as')) reads.n++
         return await (target.query as (...a: unknown[]) => Promise<unknown>)(...args)
       }
     },
