@@ -113,7 +113,7 @@ function describeRun (r: RunFigures): string {
   const checks = r.failures.length === 0 ? 'checks ok' : `CHECKS FAILED: ${r.failures.join(', ')}`
   const cpu = r.cpuMsPerPurchase
   return `  ${r.target.padEnd(9)} ${r.scenario.padEnd(8)} ${String(r.purchasesPerSecond).padStart(8)}/s  p50 ${r.latencyMs.p50} p99 ${r.latencyMs.p99} max ${r.latencyMs.max} ms  [${statuses}]  ` +
-    `cpu ms/purchase: ${Object.entries(cpu.byRole).map(([k, v]) => `${k} ${v}`).join(' ')} pg ${cpu.postgres} redis ${cpu.redis} loadgen ${cpu.loadGenerator}  ` +
+    `cpu ms/purchase: ${Object.entries(cpu.byRole).map(([k, v]) => `${k} ${v}`).join(' ')} pg ${cpu.postgres} (autovacuum ${cpu.postgresAutovacuum}) redis ${cpu.redis} loadgen ${cpu.loadGenerator}  ` +
     `ops/purchase: redis ${r.opsPerPurchase.redisCommands} pg tx ${r.opsPerPurchase.pgTransactions} rows written ${r.opsPerPurchase.pgRowsWritten}  ${checks}`
 }
 

@@ -83,15 +83,18 @@ export interface CpuPerPurchase {
   /** all server processes; `byRole` splits it */
   servers: number
   byRole: Record<string, number>
+  /** the backends of the target's database that serve its connections */
   postgres: number
+  /** autovacuum and autoanalyze of the target's database during the run, apart: the table grows with every run, so when they fall decides who pays */
+  postgresAutovacuum: number
   redis: number
   loadGenerator: number
 }
 
-type CpuSnapshot = Record<Exclude<keyof CpuPerPurchase, 'byRole'>, number> & { byRole: Record<string, number>, backends: Map<number, number> }
+type CpuSnapshot = Record<Exclude<keyof CpuPerPurchase, 'byRole'>, number> & { byRole: Record<string, number>, backends: Map<number, number>, autovacuum: Set<number> }
 
 async function cpuSnapshot (target: Target): Promise<CpuSnapshot> {
-  const { rows } = await target.sql.query<{ pid: number }>('select pid from pg_stat_activity where datname = $1', [target.database])
+  const { rows } = await target.sql.query<{ pid: number, backend_type: string }>('select pid, backend_type from pg_stat_activity where datname = $1', [target.database])
   const sum = (pids: number[]): number => pids.reduce((a, p) => a + cpuMs(p), 0)
   const own = process.cpuUsage()
   const byRole = Object.fromEntries(Object.entries(target.pids()).map(([role, pids]) => [role, sum(pids)]))
@@ -99,8 +102,10 @@ async function cpuSnapshot (target: Target): Promise<CpuSnapshot> {
     servers: Object.values(byRole).reduce((a, b) => a + b, 0),
     byRole,
     postgres: 0,
+    postgresAutovacuum: 0,
     // Per backend: pools close idle connections and open new ones during a run.
     backends: new Map(rows.map((r) => [r.pid, cpuMs(r.pid)])),
+    autovacuum: new Set(rows.filter((r) => r.backend_type === 'autovacuum worker').map((r) => r.pid)),
     redis: sum(redisPids()),
     loadGenerator: (own.user + own.system) / 1000,
   }
@@ -213,13 +218,17 @@ export async function runScenario (target: Target, scenario: Scenario, onTick?: 
   const opsAfter = await opsSnapshot(target)
   const n = Math.max(1, load.answers.length)
   // A backend that ended during the run is missed; one that started counts whole.
-  after.postgres = [...after.backends].reduce((a, [pid, ms]) => a + ms - (before.backends.get(pid) ?? 0), 0)
+  const used = (pid: number, ms: number): number => ms - (before.backends.get(pid) ?? 0)
+  const maintenance = (pid: number): boolean => after.autovacuum.has(pid) || before.autovacuum.has(pid)
+  after.postgres = [...after.backends].reduce((a, [pid, ms]) => maintenance(pid) ? a : a + used(pid, ms), 0)
+  after.postgresAutovacuum = [...after.backends].reduce((a, [pid, ms]) => maintenance(pid) ? a + used(pid, ms) : a, 0)
   const per = (k: Exclude<keyof CpuPerPurchase, 'byRole'>): number => round((after[k] - before[k]) / n, 3)
   const figures = await check(target, scenario, optionIds, load)
   figures.cpuMsPerPurchase = {
     servers: per('servers'),
     byRole: Object.fromEntries(Object.keys(after.byRole).map((role) => [role, round(((after.byRole[role] ?? 0) - (before.byRole[role] ?? 0)) / n, 3)])),
     postgres: per('postgres'),
+    postgresAutovacuum: per('postgresAutovacuum'),
     redis: per('redis'),
     loadGenerator: per('loadGenerator'),
   }
@@ -301,7 +310,7 @@ async function check (target: Target, scenario: Scenario, optionIds: string[], l
     ticketsSold,
     checks,
     failures,
-    cpuMsPerPurchase: { servers: 0, byRole: {}, postgres: 0, redis: 0, loadGenerator: 0 },
+    cpuMsPerPurchase: { servers: 0, byRole: {}, postgres: 0, postgresAutovacuum: 0, redis: 0, loadGenerator: 0 },
     opsPerPurchase: { redisCommands: 0, redisByCommand: {}, pgTransactions: 0, pgRowsWritten: 0, pgRowsRead: 0 },
   }
 }
