@@ -4,7 +4,9 @@
  * OTLP receiver. 20 purchases at once (so some share a batch) give 20
  * traces, each with spans of both processes under one trace id, the queue's
  * spans and a database span; a batch's transaction shows in every trace it
- * committed. On both queue backends.
+ * committed. On both queue backends. And on the direct path (Redis), where
+ * the API applies the purchases itself: still one trace per purchase, with
+ * the API's own transaction span in it.
  */
 import t from 'tap'
 import { randomUUID } from 'node:crypto'
@@ -98,4 +100,35 @@ eachQueueBackend(t, 'one trace per purchase', async (t, backendEnv) => {
   // One purchase's trace, for the README and the note.
   const sample = traceOf(ids[0] as string).sort((a, b) => a.startMs - b.startMs)
   t.comment(`one trace: ${sample.map((s) => `${s.service.replace('test-', '')} "${s.name}" ${s.durationMs.toFixed(1)} ms`).join('; ')}`)
+})
+
+t.test('the direct path: one trace per purchase too, with the API\'s own transaction span', async (t) => {
+  const receiver = await startOtlpReceiver(t)
+  const { env, sql } = await createTestEnvironment(t, { DATABASE_POOL_SIZE: '4' })
+  // No worker: an option with nobody in line is applied by the API itself.
+  const api = await startProcess(t, 'api', { ...env, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_SERVICE_NAME: 'test-api' })
+  const option = await callJson(api.url, 'POST', '/ticket_options', { name: 'traced directly', allocation: 15 })
+  const optionId = option.body.id as string
+  const users = Array.from({ length: PURCHASES }, () => randomUUID())
+  const answers = await Promise.all(users.map(async (userId) =>
+    await callJson(api.url, 'POST', `/ticket_options/${optionId}/purchases`, { user_id: userId, quantity: 1 })))
+  t.same(answers.map((a) => a.status).sort(), [...Array(15).fill(201), ...Array(5).fill(409)], '15 sold, 5 refused, with no worker')
+  const { rows } = await sql.query<{ id: string, user_id: string }>('select id, user_id from purchases where ticket_option_id = $1', [optionId])
+  const ids = users.map((u) => rows.find((r) => r.user_id === u)?.id ?? '')
+
+  const transactionOf = (id: string): ReceivedSpan | undefined => receiver.spans.find((s) => s.name === PurchaseSpan.transaction && s.attributes[PurchaseAttribute.requestId] === id)
+  await waitFor(() => ids.every((id) => transactionOf(id) !== undefined), (done) => done, 20_000)
+  const traces = new Set<string>()
+  for (const [i, id] of ids.entries()) {
+    const transaction = transactionOf(id)
+    if (transaction === undefined) { t.fail(`purchase ${id}: no transaction span`); continue }
+    traces.add(transaction.traceId)
+    const trace = receiver.spans.filter((s) => s.traceId === transaction.traceId)
+    const server = trace.find((s) => s.kind === SPAN_KIND_SERVER)
+    if (server === undefined || server.parentSpanId !== '') t.fail(`purchase ${id}: the transaction is not in its HTTP request's trace`)
+    if (transaction.service !== 'test-api' || transaction.kind !== SPAN_KIND_CLIENT || transaction.attributes['db.system'] !== 'postgresql') t.fail(`purchase ${id}: not the API's database span`)
+    const expected = answers[i]?.status === 201 ? 'succeeded' : 'rejected'
+    if (transaction.attributes[PurchaseAttribute.outcome] !== expected) t.fail(`purchase ${id}: outcome ${String(transaction.attributes[PurchaseAttribute.outcome])}, answered ${expected}`)
+  }
+  t.equal(traces.size, PURCHASES, '20 purchases, 20 traces, each with its HTTP request and its transaction')
 })
