@@ -62,11 +62,14 @@ export class LeaseRunningOutError extends Error {
   override name = 'LeaseRunningOutError'
 }
 
+/** Options remembered as recently declined, at most. */
+const DECLINED_REMEMBERED = 10_000
+
 export class DirectSales {
   private readonly batches = new BatchedCalls<SaleRequest, DirectResult>(async (ticketOptionId, requests) => await this.applyGathered(ticketOptionId, requests))
 
-  /** Options whose last claim here was declined (bounded: cleared when full). */
-  private readonly declinedLately = new BoundedSet(10_000)
+  /** Options whose last claim here was declined (a hint: forgotten at DECLINED_REMEMBERED). */
+  private readonly declinedLately = new Set<string>()
   /** A line per request applied, at debug; read once (an app built with `logger: false` has no levels). */
   private readonly logsEach: boolean
 
@@ -112,6 +115,7 @@ export class DirectSales {
       return null
     })
     const declined = (): DirectResult[] => {
+      if (this.declinedLately.size >= DECLINED_REMEMBERED) this.declinedLately.clear()
       this.declinedLately.add(ticketOptionId)
       this.deps.onBatch?.('declined', requests.length)
       return requests.map(() => ({ kind: 'declined' }))
@@ -120,71 +124,62 @@ export class DirectSales {
     // before the write; an option whose last claim here was declined probably has
     // a line: its claim is awaited first, so its row is not locked for nothing.
     if (this.declinedLately.has(ticketOptionId) && await claiming === null) return declined()
-    let batch: SaleRequest[] | null = null
-    const mayWrite = async (): Promise<boolean> => {
-      const first = await claiming
-      if (first === null) return false
-      batch = requests.map((r, i) => ({ ...r, line: first + i }))
-      return true
-    }
-    let applied: Omit<AppliedMessage, 'type'> | null
+    let committed: Committed | null
     try {
-      applied = await this.commit(ticketOptionId, requests, started, mayWrite, () => batch as SaleRequest[] | null)
+      committed = await this.commit(ticketOptionId, requests, started, claiming)
     } catch (err) {
-      // Failed before the claim was asked, or after it was granted: the claim decides.
+      // Failed before the claim was answered, or after it was granted: the claim decides.
       const first = await claiming
       if (first === null) return declined()
-      return await this.queueInstead(ticketOptionId, token, requests.map((r, i) => ({ ...r, line: first + i })), err)
+      return await this.queueInstead(ticketOptionId, token, numberedFrom(requests, first), err)
     }
-    if (applied === null) return declined()
+    if (committed === null) return declined()
     this.declinedLately.delete(ticketOptionId)
-    const committed = batch as unknown as SaleRequest[]
+    const { batch, message: applied } = committed
     // Not awaited: this API's next claim of the option goes after it on the same connection.
     backend.releaseDirect(ticketOptionId, token, applied).catch((err: unknown) => {
       // The lease then expires on its own; until then the option's requests queue.
       log.warn({ err, ticketOptionId }, 'could not release the direct lease')
     })
-    this.deps.onBatch?.('applied', committed.length)
+    this.deps.onBatch?.('applied', batch.length)
     const byId = new Map(applied.outcomes.map((o) => [o.id, o]))
     if (this.logsEach) {
       // As a worker logs a purchase it applied, with the request id: one purchase can be followed either way.
-      for (const request of committed) {
+      for (const request of batch) {
         const kind = request.kind ?? 'purchase'
         const id = jobIdOf(request)
         const outcome = byId.get(id)
-        log.debug({ ...(kind === 'purchase' ? { purchaseId: id } : { id }), reqId: request.requestId, ticketOptionId, status: outcome === undefined ? 'unknown' : outcomeStatus(outcome), batch: committed.length, line: request.line }, `${kind} applied directly`)
+        log.debug({ ...(kind === 'purchase' ? { purchaseId: id } : { id }), reqId: request.requestId, ticketOptionId, status: outcome === undefined ? 'unknown' : outcomeStatus(outcome), batch: batch.length, line: request.line }, `${kind} applied directly`)
       }
     }
-    return committed.map((r) => ({ kind: 'applied', outcome: byId.get(jobIdOf(r)) as SaleOutcome }))
+    return batch.map((r) => ({ kind: 'applied', outcome: byId.get(jobIdOf(r)) as SaleOutcome }))
   }
 
   /**
-   * The batch's transaction: null when `mayWrite` said no (the lease was
-   * not granted; nothing written). Throws LeaseRunningOutError (rolled back)
-   * when the row lock came too late. `numbered` is the batch with its line
-   * numbers, known once `mayWrite` said yes.
+   * The batch's transaction, with the claim in flight beside its lock and
+   * reads: null when the claim was declined (nothing written). Throws
+   * LeaseRunningOutError (rolled back) when the row lock came too late.
    */
-  private async commit (ticketOptionId: string, requests: SaleRequest[], started: number, mayWrite: () => Promise<boolean>, numbered: () => SaleRequest[] | null): Promise<Omit<AppliedMessage, 'type'> | null> {
+  private async commit (ticketOptionId: string, requests: SaleRequest[], started: number, claiming: Promise<number | null>): Promise<Committed | null> {
     const { backend, transactions, leaseMs } = this.deps
     const [head] = requests as [SaleRequest]
     return await inTransactionSpan(head, async (span) => {
       const startTime = Date.now()
-      const message = await transactions.run(async (client) => {
+      const committed = await transactions.run(async (client): Promise<Committed | null> => {
         const outcomes = await applySaleBatchIf(client, ticketOptionId, requests, async () => {
-          if (!await mayWrite()) return false
+          if (await claiming === null) return false
           // The row is locked by now: checked before anything is written.
           if (performance.now() - started > leaseMs / 2) throw new LeaseRunningOutError('the option\'s row was locked after half the direct lease')
           return true
         })
-        const batch = numbered()
-        if (outcomes === null || batch === null) return null
+        if (outcomes === null) return null
+        const batch = numberedFrom(requests, await claiming as number)
         const message = { ticketOptionId, appliedLine: (batch[batch.length - 1] as SaleRequest).line ?? null, count: batch.length, at: Date.now(), outcomes }
         await backend.recordApplied(client, message)
-        return message
+        return { batch, message }
       })
-      const batch = numbered()
-      if (message !== null && batch !== null) transactionCommitted(span, head, batch, message.outcomes, message.outcomes.map(outcomeStatus), startTime)
-      return message
+      if (committed !== null) transactionCommitted(span, head, committed.batch, committed.message.outcomes, committed.message.outcomes.map(outcomeStatus), startTime)
+      return committed
     })
   }
 
@@ -209,15 +204,13 @@ export class DirectSales {
   }
 }
 
-/** A set that forgets everything when it reaches its capacity (a hint, not a record). */
-class BoundedSet {
-  private readonly items = new Set<string>()
-  constructor (private readonly capacity: number) {}
-  has (item: string): boolean { return this.items.has(item) }
-  add (item: string): void {
-    if (this.items.size >= this.capacity) this.items.clear()
-    this.items.add(item)
-  }
+/** A committed direct batch: its requests with their line numbers, and the message that tells the APIs. */
+interface Committed {
+  batch: SaleRequest[]
+  message: Omit<AppliedMessage, 'type'>
+}
 
-  delete (item: string): void { this.items.delete(item) }
+/** The requests with consecutive line numbers from `first`, as the claim handed them out. */
+function numberedFrom (requests: readonly SaleRequest[], first: number): SaleRequest[] {
+  return requests.map((r, i) => ({ ...r, line: first + i }))
 }

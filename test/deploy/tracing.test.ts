@@ -21,17 +21,22 @@ const PURCHASES = 20
 const SPAN_KIND_SERVER = 2
 const SPAN_KIND_CLIENT = 3
 
-eachQueueBackend(t, 'one trace per purchase', async (t, backendEnv) => {
-  const receiver = await startOtlpReceiver(t)
-  const otel = {
-    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+/** OTEL_* for a process exporting to `endpoint` (the test's receiver), as service `name`. */
+function otelEnv (endpoint: string, name: string): Record<string, string> {
+  return {
+    OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
     OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
     // Export within a fraction of a second, not the default 5 s.
     OTEL_BSP_SCHEDULE_DELAY: '100',
+    OTEL_SERVICE_NAME: name,
   }
+}
+
+eachQueueBackend(t, 'one trace per purchase', async (t, backendEnv) => {
+  const receiver = await startOtlpReceiver(t)
   const { env, sql } = await createTestEnvironment(t, { ...backendEnv, ...QUEUED, DATABASE_POOL_SIZE: '4', WORKER_BATCH_SIZE: '10' })
-  const api = await startProcess(t, 'api', { ...env, ...otel, OTEL_SERVICE_NAME: 'test-api' })
-  await startProcess(t, 'worker', { ...env, ...otel, OTEL_SERVICE_NAME: 'test-worker' })
+  const api = await startProcess(t, 'api', { ...env, ...otelEnv(receiver.endpoint, 'test-api') })
+  await startProcess(t, 'worker', { ...env, ...otelEnv(receiver.endpoint, 'test-worker') })
 
   const option = await callJson(api.url, 'POST', '/ticket_options', { name: 'traced', allocation: 15 })
   const optionId = option.body.id as string
@@ -106,7 +111,7 @@ t.test('the direct path: one trace per purchase too, with the API\'s own transac
   const receiver = await startOtlpReceiver(t)
   const { env, sql } = await createTestEnvironment(t, { DATABASE_POOL_SIZE: '4' })
   // No worker: an option with nobody in line is applied by the API itself.
-  const api = await startProcess(t, 'api', { ...env, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_BSP_SCHEDULE_DELAY: '100', OTEL_SERVICE_NAME: 'test-api' })
+  const api = await startProcess(t, 'api', { ...env, ...otelEnv(receiver.endpoint, 'test-api') })
   const option = await callJson(api.url, 'POST', '/ticket_options', { name: 'traced directly', allocation: 15 })
   const optionId = option.body.id as string
   const users = Array.from({ length: PURCHASES }, () => randomUUID())
