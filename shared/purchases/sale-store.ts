@@ -122,7 +122,8 @@ function rememberLimit (ticketOptionId: string, limited: boolean): void {
  * its recorded outcome and changes nothing more; a confirmation, release or
  * cancellation changes only what is still in the state it applies to.
  * The statements every batch runs are named (prepared): each connection
- * parses and plans them once, not once per batch.
+ * parses and plans them once, not once per batch (generic plans, shared/db.ts),
+ * so each finds its rows by an index whatever its arrays hold.
  */
 export async function applySaleBatch (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[]): Promise<SaleOutcome[]> {
   return await applySaleBatchIf(client, ticketOptionId, requests, null) as SaleOutcome[]
@@ -297,7 +298,7 @@ async function writeEffects (client: DbClient, ticketOptionId: string, requests:
      ), changed_holds as (
        update reservations r set status = c.status, purchase_id = c.purchase_id, decided_at = now()
          from unnest($22::uuid[], $23::text[], $24::uuid[]) as c(id, status, purchase_id)
-        where r.id = c.id and r.status = 'held'
+        where r.id = any($22::uuid[]) and r.id = c.id and r.status = 'held'
      ), cancelled as (
        update purchases set cancelled_at = now()
         where id = any($25::uuid[]) and status = 'succeeded' and cancelled_at is null

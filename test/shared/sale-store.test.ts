@@ -78,3 +78,35 @@ t.test('per-user limits: read beside the lock, and still read after it for an op
   t.equal((await sql.query('select count(*)::int as n from purchases where ticket_option_id = $1', [missing])).rows[0].n, 0, 'nothing recorded for it')
   t.same(await unbalancedOptions(sql), [])
 })
+
+t.test('the sale\'s statements are planned once per connection (generic plans), and a hold\'s confirmation is still found by its id', async (t) => {
+  const { config, sql } = await createTestEnvironment(t)
+  // One connection, so every batch below runs on the session whose statements are read.
+  const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }))
+  t.teardown(async () => { await db.end() })
+  const option = await createTicketOption(sql, { name: 'generic plans', desc: '', allocation: 100, maxPerPurchase: null, maxPerUser: 50 })
+  // More than PostgreSQL's five custom plans before it would consider a generic one.
+  for (let line = 1; line <= 8; line++) {
+    await withTransaction(db, async (client) => await applySaleBatch(client, option.id, [purchase(option.id, 1, line)]))
+  }
+  const hold = { kind: 'hold' as const, reservationId: randomUUID(), ticketOptionId: option.id, userId: USER, quantity: 2, holdSeconds: 60, requestId: 'hold', enqueuedAt: Date.now() }
+  const confirm = { kind: 'confirm' as const, reservationId: hold.reservationId, purchaseId: randomUUID(), ticketOptionId: option.id, userId: USER, requestId: 'confirm', enqueuedAt: Date.now() }
+  await withTransaction(db, async (client) => await applySaleBatch(client, option.id, [hold]))
+  const [confirmed] = await withTransaction(db, async (client) => await applySaleBatch(client, option.id, [confirm]))
+  t.match(confirmed, { kind: 'confirm', changed: true, reservation: { status: 'confirmed' } }, 'the confirmation changed the hold')
+
+  const client = await db.connect()
+  try {
+    t.equal((await client.query('show plan_cache_mode')).rows[0].plan_cache_mode, 'force_generic_plan')
+    const { rows } = await client.query<{ name: string, generic_plans: string, custom_plans: string }>(
+      "select name, generic_plans::text, custom_plans::text from pg_prepared_statements where name like 'sale-%' order by name")
+    t.same(rows.map((r) => r.name), ['sale-lock-option', 'sale-read-purchases', 'sale-read-reservations', 'sale-read-usage', 'sale-write-batch'])
+    for (const r of rows) t.equal(r.custom_plans, '0', `${r.name}: never re-planned per execution`)
+    t.equal(rows.find((r) => r.name === 'sale-write-batch')?.generic_plans, '10', 'the write: one plan, run for each of the ten batches')
+  } finally {
+    client.release()
+  }
+  const { rows } = await sql.query('select allocation, held from ticket_options where id = $1', [option.id])
+  t.same(rows[0], { allocation: 90, held: 0 })
+  t.same(await unbalancedOptions(sql), [])
+})
