@@ -20,7 +20,7 @@ import {
   findPurchase, findReservation, isChangeOutcome, NOT_QUEUED, outcomeStatus, voidUnqueued, type PurchaseRecord, type ReservationRecord, type SaleOutcome,
 } from '../../shared/purchases/sale-store'
 import { currentTraceContext, inSpan, PurchaseAttribute, PurchaseSpan, requestAttributes } from '../../shared/telemetry/purchase-spans'
-import { ticketOptionLimits, type TicketOptionLimits } from '../../shared/ticket-options'
+import { createTicketOption, ticketOptionLimits, type NewTicketOption, type TicketOption, type TicketOptionLimits } from '../../shared/ticket-options'
 import { KnownOptions } from './known-options'
 import type { DirectSales } from './direct-sales'
 import type { OutcomeWaiter } from './outcome-waiter'
@@ -123,11 +123,14 @@ export class SaleService {
 
   /** The option's limits, or null when there is no such option. */
   async optionLimits (ticketOptionId: string): Promise<TicketOptionLimits | null> {
-    const known = this.knownOptions.get(ticketOptionId)
-    if (known !== undefined) return known
-    const limits = await ticketOptionLimits(this.deps.db, ticketOptionId)
-    if (limits !== null) this.knownOptions.add(ticketOptionId, limits)
-    return limits
+    return await this.knownOptions.lookup(ticketOptionId, async (id) => await ticketOptionLimits(this.deps.db, id))
+  }
+
+  /** Creates an option; this process then knows its limits without asking (a sale often opens right after). */
+  async createOption (input: NewTicketOption): Promise<TicketOption> {
+    const option = await createTicketOption(this.deps.db, input)
+    this.knownOptions.add(option.id, { maxPerPurchase: option.max_per_purchase, maxPerUser: option.max_per_user })
+    return option
   }
 
   async purchase (purchase: NewPurchase, options: SubmitOptions = {}): Promise<SubmitResult<PurchaseRecord>> {

@@ -4,7 +4,7 @@
  */
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ledgerOf } from '../../shared/purchases/ledger'
-import { createTicketOption, getTicketOption, type TicketOption } from '../../shared/ticket-options'
+import { getTicketOption, type TicketOption } from '../../shared/ticket-options'
 import {
   badRequest, errorResponse, jsonResponse, locationHeader, payloadTooLarge, serviceUnavailable, unsupportedMediaType,
 } from '../schemas/responses'
@@ -29,7 +29,7 @@ const ticketOptionRoutes: FastifyPluginAsyncTypebox = async (app) => {
     },
   }, async (request, reply) => {
     const { name, desc = '', allocation, max_per_purchase: maxPerPurchase = null, max_per_user: maxPerUser = null } = request.body
-    const option = await createTicketOption(db, { name, desc, allocation, maxPerPurchase, maxPerUser })
+    const option = await sales.createOption({ name, desc, allocation, maxPerPurchase, maxPerUser })
     return await reply.code(201).header('location', `/ticket_options/${option.id}`).send(optionBody(option))
   })
 
