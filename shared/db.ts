@@ -7,14 +7,6 @@
  * cost one round trip instead of one each. Every statement still gets its
  * own result or error; after an error inside a transaction the ones behind
  * it fail too (the transaction is aborted), so nothing runs half-applied.
- *
- * Its sessions plan prepared statements once (`plan_cache_mode =
- * force_generic_plan`). Only the sale's named statements (sale-store.ts) are
- * prepared; with PostgreSQL's default they kept custom plans, re-planned on
- * every Bind: 0.22 ms of the write's 0.38 ms in PostgreSQL, measured with
- * log_min_duration_statement (0.02 ms generic). Their generic plans use the
- * primary keys and the option's indexes whatever the arrays hold. Unnamed
- * statements are planned once each, as before.
  * @see https://node-postgres.com/features/transactions
  * @see https://node-postgres.com/features/pipelining
  */
@@ -24,11 +16,8 @@ import type { Logger } from 'pino'
 export type Db = pg.Pool
 export type DbClient = pg.PoolClient
 
-/** Startup options of the pool's sessions (see above). */
-const SESSION_OPTIONS = '-c plan_cache_mode=force_generic_plan'
-
 export function createPool (databaseUrl: string, max: number, log: Logger): Db {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max, connectionTimeoutMillis: 2000, pipeline: true, options: SESSION_OPTIONS })
+  const pool = new pg.Pool({ connectionString: databaseUrl, max, connectionTimeoutMillis: 2000, pipeline: true })
   // Without these listeners a backend that dies (restart, admin kill) emits an
   // unhandled 'error' on an idle or checked-out client and crashes the process.
   pool.on('error', (err) => { log.warn({ err }, 'idle PostgreSQL client failed') })

@@ -79,14 +79,22 @@ t.test('per-user limits: read beside the lock, and still read after it for an op
   t.same(await unbalancedOptions(sql), [])
 })
 
-t.test('the sale\'s statements are planned once per connection (generic plans), and a hold\'s confirmation is still found by its id', async (t) => {
+t.test('the sale\'s statements are planned once per connection, by index even when the tables were analyzed tiny; other queries keep PostgreSQL\'s default', async (t) => {
   const { config, sql } = await createTestEnvironment(t)
-  // One connection, so every batch below runs on the session whose statements are read.
+  const option = await createTicketOption(sql, { name: 'generic plans', desc: '', allocation: 1000, maxPerPurchase: null, maxPerUser: 50 })
+  // Tiny tables, analyzed: planned by their statistics, every statement here would scan them whole.
+  const warm = createPool(config.databaseUrl, 1, pino({ level: 'silent' }))
+  for (let line = 1; line <= 30; line++) {
+    await withTransaction(warm, async (client) => await applySaleBatch(client, option.id, [purchase(option.id, 1, line)]))
+  }
+  await warm.end()
+  await sql.query('analyze ticket_options, purchases, reservations')
+
+  // One connection, so every batch below runs on the session whose plans are read.
   const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }))
   t.teardown(async () => { await db.end() })
-  const option = await createTicketOption(sql, { name: 'generic plans', desc: '', allocation: 100, maxPerPurchase: null, maxPerUser: 50 })
   // More than PostgreSQL's five custom plans before it would consider a generic one.
-  for (let line = 1; line <= 8; line++) {
+  for (let line = 31; line <= 38; line++) {
     await withTransaction(db, async (client) => await applySaleBatch(client, option.id, [purchase(option.id, 1, line)]))
   }
   const hold = { kind: 'hold' as const, reservationId: randomUUID(), ticketOptionId: option.id, userId: USER, quantity: 2, holdSeconds: 60, requestId: 'hold', enqueuedAt: Date.now() }
@@ -97,16 +105,35 @@ t.test('the sale\'s statements are planned once per connection (generic plans), 
 
   const client = await db.connect()
   try {
-    t.equal((await client.query('show plan_cache_mode')).rows[0].plan_cache_mode, 'force_generic_plan')
+    t.equal((await client.query('show plan_cache_mode')).rows[0].plan_cache_mode, 'auto', 'outside the sale\'s transactions: PostgreSQL\'s default')
+    t.equal((await client.query('show enable_seqscan')).rows[0].enable_seqscan, 'on')
     const { rows } = await client.query<{ name: string, generic_plans: string, custom_plans: string }>(
       "select name, generic_plans::text, custom_plans::text from pg_prepared_statements where name like 'sale-%' order by name")
-    t.same(rows.map((r) => r.name), ['sale-lock-option', 'sale-read-purchases', 'sale-read-reservations', 'sale-read-usage', 'sale-write-batch'])
-    for (const r of rows) t.equal(r.custom_plans, '0', `${r.name}: never re-planned per execution`)
+    t.same(rows.map((r) => r.name), ['sale-lock-option', 'sale-planned-once', 'sale-read-purchases', 'sale-read-reservations', 'sale-read-usage', 'sale-write-batch'])
+    for (const r of rows) t.equal(r.custom_plans, '0', `${r.name}: never planned again per execution`)
     t.equal(rows.find((r) => r.name === 'sale-write-batch')?.generic_plans, '10', 'the write: one plan, run for each of the ten batches')
+
+    // The plans kept for the next batches, as a batch's transaction uses them.
+    await client.query('begin')
+    await client.query("select set_config('plan_cache_mode', 'force_generic_plan', true)")
+    const ids = `'{${randomUUID()}}'::uuid[]`
+    const none = "'{}'"
+    const plans = {
+      'sale-lock-option': `'${option.id}'::uuid`,
+      'sale-read-purchases': ids,
+      'sale-read-reservations': ids,
+      'sale-read-usage': `'${option.id}'::uuid, ${ids}`,
+      'sale-write-batch': [`'${option.id}'::uuid`, ...Array(24).fill(none), '1', '0'].join(', '),
+    }
+    for (const [name, args] of Object.entries(plans)) {
+      const plan = (await client.query(`explain execute "${name}"(${args})`)).rows.map((r) => r['QUERY PLAN'] as string).join('\n')
+      t.notMatch(plan, /Seq Scan/, `${name}: by index`)
+    }
+    await client.query('rollback')
   } finally {
     client.release()
   }
   const { rows } = await sql.query('select allocation, held from ticket_options where id = $1', [option.id])
-  t.same(rows[0], { allocation: 90, held: 0 })
+  t.same(rows[0], { allocation: 960, held: 0 })
   t.same(await unbalancedOptions(sql), [])
 })
