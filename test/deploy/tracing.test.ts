@@ -9,6 +9,7 @@
  * the API's own transaction span in it.
  */
 import t from 'tap'
+import type pg from 'pg'
 import { randomUUID } from 'node:crypto'
 import { PurchaseAttribute, PurchaseSpan } from '../../shared/telemetry/purchase-spans'
 import { createTestEnvironment, eachQueueBackend, QUEUED } from '../support/environment'
@@ -32,22 +33,30 @@ function otelEnv (endpoint: string, name: string): Record<string, string> {
   }
 }
 
+/** One buyer of `sellOut`: the answer's status and the purchase id (a 409 names none: read from the row recording the refusal). */
+interface Buyer { userId: string, status: number, id: string }
+
+/** PURCHASES buyers at once on a new option of 15 tickets, in the order they were sent. */
+async function sellOut (apiUrl: string, sql: pg.Pool, name: string): Promise<{ optionId: string, buyers: Buyer[] }> {
+  const option = await callJson(apiUrl, 'POST', '/ticket_options', { name, allocation: 15 })
+  const optionId = option.body.id as string
+  const users = Array.from({ length: PURCHASES }, () => randomUUID())
+  const answers = await Promise.all(users.map(async (userId) =>
+    await callJson(apiUrl, 'POST', `/ticket_options/${optionId}/purchases`, { user_id: userId, quantity: 1 })))
+  const { rows } = await sql.query<{ id: string, user_id: string }>('select id, user_id from purchases where ticket_option_id = $1', [optionId])
+  const idOf = new Map(rows.map((r) => [r.user_id, r.id]))
+  return { optionId, buyers: users.map((userId, i) => ({ userId, status: answers[i]?.status ?? 0, id: idOf.get(userId) ?? '' })) }
+}
+
 eachQueueBackend(t, 'one trace per purchase', async (t, backendEnv) => {
   const receiver = await startOtlpReceiver(t)
   const { env, sql } = await createTestEnvironment(t, { ...backendEnv, ...QUEUED, DATABASE_POOL_SIZE: '4', WORKER_BATCH_SIZE: '10' })
   const api = await startProcess(t, 'api', { ...env, ...otelEnv(receiver.endpoint, 'test-api') })
   await startProcess(t, 'worker', { ...env, ...otelEnv(receiver.endpoint, 'test-worker') })
 
-  const option = await callJson(api.url, 'POST', '/ticket_options', { name: 'traced', allocation: 15 })
-  const optionId = option.body.id as string
-  const users = Array.from({ length: PURCHASES }, () => randomUUID())
-  const answers = await Promise.all(users.map(async (userId) =>
-    await callJson(api.url, 'POST', `/ticket_options/${optionId}/purchases`, { user_id: userId, quantity: 1 })))
-  t.same(answers.map((a) => a.status).sort(), [...Array(15).fill(201), ...Array(5).fill(409)], '15 sold, 5 refused')
-  // A 409 names no purchase: its id is read from the row that records the refusal.
-  const { rows } = await sql.query<{ id: string, user_id: string }>('select id, user_id from purchases where ticket_option_id = $1', [optionId])
-  const idOf = new Map(rows.map((r) => [r.user_id, r.id]))
-  const ids = users.map((u) => idOf.get(u) ?? '')
+  const { optionId, buyers } = await sellOut(api.url, sql, 'traced')
+  const ids = buyers.map((b) => b.id)
+  t.same(buyers.map((b) => b.status).sort(), [...Array(15).fill(201), ...Array(5).fill(409)], '15 sold, 5 refused')
   t.equal(new Set(ids).size, PURCHASES, 'every purchase is recorded')
 
   /** The trace whose API wait span is this purchase's. */
@@ -77,7 +86,7 @@ eachQueueBackend(t, 'one trace per purchase', async (t, backendEnv) => {
     if (server?.parentSpanId !== '') t.fail(`purchase ${id}: the HTTP request is not the root of its trace`)
     const transaction = spans.find((s) => s.name === PurchaseSpan.transaction)
     if (transaction?.kind !== SPAN_KIND_CLIENT || transaction.attributes['db.system'] !== 'postgresql') t.fail(`purchase ${id}: no database span`)
-    const expected = answers[i]?.status === 201 ? 'succeeded' : 'rejected'
+    const expected = buyers[i]?.status === 201 ? 'succeeded' : 'rejected'
     if (transaction?.attributes[PurchaseAttribute.outcome] !== expected) t.fail(`purchase ${id}: transaction outcome ${String(transaction?.attributes[PurchaseAttribute.outcome])}, answered ${expected}`)
     if (transaction?.attributes[PurchaseAttribute.requestId] !== id || transaction.attributes[PurchaseAttribute.ticketOptionId] !== optionId) t.fail(`purchase ${id}: transaction span names another purchase`)
     const size = Number(transaction?.attributes[PurchaseAttribute.batchSize])
@@ -88,7 +97,7 @@ eachQueueBackend(t, 'one trace per purchase', async (t, backendEnv) => {
     if (wait?.attributes[PurchaseAttribute.outcome] !== expected) t.fail(`purchase ${id}: the API's wait says ${String(wait?.attributes[PurchaseAttribute.outcome])}`)
     if (!spans.some((s) => s.name === PurchaseSpan.enqueue && s.service === 'test-api')) t.fail(`purchase ${id}: no enqueue span`)
     // Nothing personal: no span carries the buyer's id.
-    const userId = users[i] ?? ''
+    const userId = buyers[i]?.userId ?? ''
     if (spans.some((s) => Object.values(s.attributes).includes(userId))) t.fail(`purchase ${id}: a span carries the user id`)
   }
   t.pass('each trace has the API\'s request, enqueue and wait, the worker\'s job and the transaction, with the right outcome')
@@ -112,14 +121,9 @@ t.test('the direct path: one trace per purchase too, with the API\'s own transac
   const { env, sql } = await createTestEnvironment(t, { DATABASE_POOL_SIZE: '4' })
   // No worker: an option with nobody in line is applied by the API itself.
   const api = await startProcess(t, 'api', { ...env, ...otelEnv(receiver.endpoint, 'test-api') })
-  const option = await callJson(api.url, 'POST', '/ticket_options', { name: 'traced directly', allocation: 15 })
-  const optionId = option.body.id as string
-  const users = Array.from({ length: PURCHASES }, () => randomUUID())
-  const answers = await Promise.all(users.map(async (userId) =>
-    await callJson(api.url, 'POST', `/ticket_options/${optionId}/purchases`, { user_id: userId, quantity: 1 })))
-  t.same(answers.map((a) => a.status).sort(), [...Array(15).fill(201), ...Array(5).fill(409)], '15 sold, 5 refused, with no worker')
-  const { rows } = await sql.query<{ id: string, user_id: string }>('select id, user_id from purchases where ticket_option_id = $1', [optionId])
-  const ids = users.map((u) => rows.find((r) => r.user_id === u)?.id ?? '')
+  const { buyers } = await sellOut(api.url, sql, 'traced directly')
+  const ids = buyers.map((b) => b.id)
+  t.same(buyers.map((b) => b.status).sort(), [...Array(15).fill(201), ...Array(5).fill(409)], '15 sold, 5 refused, with no worker')
 
   const transactionOf = (id: string): ReceivedSpan | undefined => receiver.spans.find((s) => s.name === PurchaseSpan.transaction && s.attributes[PurchaseAttribute.requestId] === id)
   await waitFor(() => ids.every((id) => transactionOf(id) !== undefined), (done) => done, 20_000)
@@ -132,7 +136,7 @@ t.test('the direct path: one trace per purchase too, with the API\'s own transac
     const server = trace.find((s) => s.kind === SPAN_KIND_SERVER)
     if (server === undefined || server.parentSpanId !== '') t.fail(`purchase ${id}: the transaction is not in its HTTP request's trace`)
     if (transaction.service !== 'test-api' || transaction.kind !== SPAN_KIND_CLIENT || transaction.attributes['db.system'] !== 'postgresql') t.fail(`purchase ${id}: not the API's database span`)
-    const expected = answers[i]?.status === 201 ? 'succeeded' : 'rejected'
+    const expected = buyers[i]?.status === 201 ? 'succeeded' : 'rejected'
     if (transaction.attributes[PurchaseAttribute.outcome] !== expected) t.fail(`purchase ${id}: outcome ${String(transaction.attributes[PurchaseAttribute.outcome])}, answered ${expected}`)
   }
   t.equal(traces.size, PURCHASES, '20 purchases, 20 traces, each with its HTTP request and its transaction')
