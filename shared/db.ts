@@ -16,8 +16,9 @@ import type { Logger } from 'pino'
 export type Db = pg.Pool
 export type DbClient = pg.PoolClient
 
-export function createPool (databaseUrl: string, max: number, log: Logger): Db {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max, connectionTimeoutMillis: 2000, pipeline: true })
+/** `sessionOptions`: settings for every connection of the pool, as libpq's `options` (`-c name=value …`). */
+export function createPool (databaseUrl: string, max: number, log: Logger, sessionOptions?: string): Db {
+  const pool = new pg.Pool({ connectionString: databaseUrl, max, connectionTimeoutMillis: 2000, pipeline: true, ...(sessionOptions === undefined ? {} : { options: sessionOptions }) })
   // Without these listeners a backend that dies (restart, admin kill) emits an
   // unhandled 'error' on an idle or checked-out client and crashes the process.
   pool.on('error', (err) => { log.warn({ err }, 'idle PostgreSQL client failed') })

@@ -11,7 +11,7 @@ import fp from 'fastify-plugin'
 import type { Logger } from 'pino'
 import type { Config } from '../../shared/config'
 import { createPool, type Db } from '../../shared/db'
-import { recordedIds } from '../../shared/purchases/sale-store'
+import { AT_ONCE_SESSION, recordedIds } from '../../shared/purchases/sale-store'
 import { openQueueBackend, type QueueBackend } from '../../shared/queues/queue-backend'
 import { GroupCommit } from '../../shared/purchases/group-commit'
 import { DirectSales } from '../purchasing/direct-sales'
@@ -52,11 +52,13 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     waitingCount: async (ticketOptionId) => await queues.waitingCount(ticketOptionId),
     maxWaiting: config.queueMaxWaiting,
   })
-  // The direct path's transactions: with other options' batches of the moment, half the pool at most.
+  // The direct path's transactions: with other options' batches of the moment, half the pool at most;
+  // a lone batch on a connection of its own, which runs only that (AT_ONCE_SESSION).
   const direct = config.directPurchases && backend.directPurchases
     ? new DirectSales({
       backend,
       transactions: new GroupCommit(db, Math.max(1, Math.floor(config.databasePoolSize / 2))),
+      atOnce: createPool(config.databaseUrl, 1, log, AT_ONCE_SESSION),
       queues,
       leaseMs: config.directLeaseMs,
       maxBatch: config.workerBatchSize,
@@ -101,7 +103,7 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     streams.close()
     await queues.close()
     await backend.close()
-    await db.end()
+    await Promise.all([db.end(), direct?.close()])
   })
 
   await backend.waitUntilReady(10_000)

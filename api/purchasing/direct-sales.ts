@@ -24,14 +24,26 @@
  * - the fence: the batch commits only if it holds the option's row lock
  *   before half the lease is gone. A worker that waited out the lease then
  *   waits on that row lock, so it can never apply a later request first.
+ *
+ * A lone batch (no other transaction of this API running or waiting) of new
+ * purchases goes at once when this API knows how the option stands (it left
+ * it so, in its last committed batch): the claim first, then the whole
+ * transaction in one round trip, decided before anything is read and written
+ * only if the option is still so (sale-store.ts applyPurchasesAtOnce). A
+ * single buyer then pays one Redis and one PostgreSQL round trip. When the
+ * option changed meanwhile (another API or a worker sold), the batch goes
+ * the usual way, and the option does not go at once again for a while
+ * (AT_ONCE_PAUSE_MS): it is shared.
  */
 import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
+import type { Db } from '../../shared/db'
 import type { GroupCommit } from '../../shared/purchases/group-commit'
 import type { AppliedMessage } from '../../shared/purchases/purchase-outcomes'
-import { jobIdOf, type SaleRequest } from '../../shared/purchases/sale-request'
-import { applySaleBatchIf, outcomeStatus, type SaleOutcome } from '../../shared/purchases/sale-store'
+import type { OptionState } from '../../shared/purchases/sale-rules'
+import { isPurchaseRequest, jobIdOf, type PurchaseRequest, type SaleRequest } from '../../shared/purchases/sale-request'
+import { applyPurchasesAtOnce, applySaleBatchIf, outcomeStatus, type SaleOutcome } from '../../shared/purchases/sale-store'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { inTransactionSpan, transactionCommitted } from '../../shared/telemetry/purchase-spans'
 import { BatchedCalls } from './batched-calls'
@@ -46,8 +58,11 @@ export type DirectResult =
   | { kind: 'queued', line: number }
 
 export interface DirectSalesDeps {
-  backend: Pick<QueueBackend, 'claimDirect' | 'releaseDirect' | 'recordApplied'>
-  transactions: Pick<GroupCommit, 'run'>
+  /** a backend with direct purchases records a batch's applied line and outcomes in releaseDirect */
+  backend: Pick<QueueBackend, 'claimDirect' | 'releaseDirect'>
+  transactions: Pick<GroupCommit, 'run' | 'idle'>
+  /** where a lone batch goes at once (applyPurchasesAtOnce); absent: every batch goes through `transactions` */
+  atOnce?: Db
   queues: Pick<PurchaseQueues, 'enqueueAhead'>
   leaseMs: number
   /** most requests in one direct transaction (WORKER_BATCH_SIZE, as a worker's batch) */
@@ -62,19 +77,32 @@ export class LeaseRunningOutError extends Error {
   override name = 'LeaseRunningOutError'
 }
 
-/** Options remembered as recently declined, at most. */
+/** Options remembered as recently declined, or as this API left them, at most. */
 const DECLINED_REMEMBERED = 10_000
+/** How long an option whose batch found it changed by someone else does not go at once. */
+const AT_ONCE_PAUSE_MS = 1000
 
 export class DirectSales {
   private readonly batches = new BatchedCalls<SaleRequest, DirectResult>(async (ticketOptionId, requests) => await this.applyGathered(ticketOptionId, requests))
 
   /** Options whose last claim here was declined (a hint: forgotten at DECLINED_REMEMBERED). */
   private readonly declinedLately = new Set<string>()
+  /** Each option as this API's last committed batch of it left it (forgotten at DECLINED_REMEMBERED). */
+  private readonly leftAs = new Map<string, OptionState>()
+  /** Options that someone else sold from lately: until when they do not go at once. */
+  private readonly sharedUntil = new Map<string, number>()
+  /** A batch at once in flight: the next one goes with the group instead. */
+  private atOnceInFlight = false
   /** A line per request applied, at debug; read once (an app built with `logger: false` has no levels). */
   private readonly logsEach: boolean
 
   constructor (private readonly deps: DirectSalesDeps) {
     this.logsEach = typeof deps.log.isLevelEnabled === 'function' && deps.log.isLevelEnabled('debug')
+  }
+
+  /** Closes the connection of the batches at once (`atOnce`). */
+  async close (): Promise<void> {
+    await this.deps.atOnce?.end()
   }
 
   /**
@@ -124,9 +152,11 @@ export class DirectSales {
     // before the write; an option whose last claim here was declined probably has
     // a line: its claim is awaited first, so its row is not locked for nothing.
     if (this.declinedLately.has(ticketOptionId) && await claiming === null) return declined()
+    const expected = this.atOnceState(ticketOptionId, requests)
     let committed: Committed | null
     try {
-      committed = await this.commit(ticketOptionId, requests, started, claiming)
+      const atOnce = expected === null ? 'not tried' : await this.commitAtOnce(ticketOptionId, requests as PurchaseRequest[], expected, started, claiming)
+      committed = atOnce === 'not tried' || atOnce === 'stale' ? await this.commit(ticketOptionId, requests, started, claiming) : atOnce
     } catch (err) {
       // Failed before the claim was answered, or after it was granted: the claim decides.
       const first = await claiming
@@ -161,26 +191,81 @@ export class DirectSales {
    * LeaseRunningOutError (rolled back) when the row lock came too late.
    */
   private async commit (ticketOptionId: string, requests: SaleRequest[], started: number, claiming: Promise<number | null>): Promise<Committed | null> {
-    const { backend, transactions, leaseMs } = this.deps
+    const { transactions, leaseMs } = this.deps
     const [head] = requests as [SaleRequest]
     return await inTransactionSpan(head, async (span) => {
       const startTime = Date.now()
+      let after: OptionState | null = null
       const committed = await transactions.run(async (client): Promise<Committed | null> => {
         const outcomes = await applySaleBatchIf(client, ticketOptionId, requests, async () => {
           if (await claiming === null) return false
           // The row is locked by now: checked before anything is written.
           if (performance.now() - started > leaseMs / 2) throw new LeaseRunningOutError('the option\'s row was locked after half the direct lease')
           return true
-        })
+        }, (state) => { after = state })
         if (outcomes === null) return null
-        const batch = numberedFrom(requests, await claiming as number)
-        const message = { ticketOptionId, appliedLine: (batch[batch.length - 1] as SaleRequest).line ?? null, count: batch.length, at: Date.now(), outcomes }
-        await backend.recordApplied(client, message)
-        return { batch, message }
+        return appliedBatch(ticketOptionId, numberedFrom(requests, await claiming as number), outcomes)
       })
-      if (committed !== null) transactionCommitted(span, head, committed.batch, committed.message.outcomes, committed.message.outcomes.map(outcomeStatus), startTime)
+      if (committed !== null) {
+        if (after !== null) this.remember(ticketOptionId, after)
+        transactionCommitted(span, head, committed.batch, committed.message.outcomes, committed.message.outcomes.map(outcomeStatus), startTime)
+      }
       return committed
     })
+  }
+
+  /** How the option stands, when this batch may go at once (see the top of this file); null: it goes with the group. */
+  private atOnceState (ticketOptionId: string, requests: readonly SaleRequest[]): OptionState | null {
+    if (this.deps.atOnce === undefined || this.atOnceInFlight || !this.deps.transactions.idle) return null
+    const state = this.leftAs.get(ticketOptionId)
+    if (state === undefined || state.maxPerUser !== null || !requests.every(isPurchaseRequest)) return null
+    const until = this.sharedUntil.get(ticketOptionId)
+    if (until !== undefined) {
+      if (performance.now() < until) return null
+      this.sharedUntil.delete(ticketOptionId)
+    }
+    return state
+  }
+
+  /**
+   * The batch at once, once the claim is granted: null when it was declined;
+   * 'stale' when the option was not as expected (nothing written: the caller
+   * goes the usual way). Throws LeaseRunningOutError (nothing written) when
+   * the row lock came too late.
+   */
+  private async commitAtOnce (ticketOptionId: string, requests: PurchaseRequest[], expected: OptionState, started: number, claiming: Promise<number | null>): Promise<Committed | null | 'stale'> {
+    const { atOnce, leaseMs } = this.deps
+    this.atOnceInFlight = true
+    try {
+      // Nothing is sent before the claim is granted: the statement commits on its own.
+      const first = await claiming
+      if (first === null) return null
+      const batch = numberedFrom(requests, first)
+      const [head] = batch as [PurchaseRequest]
+      return await inTransactionSpan(head, async (span) => {
+        const startTime = Date.now()
+        // PostgreSQL measures from the statement's start; what went before it is taken off here.
+        const result = await applyPurchasesAtOnce(atOnce as Db, ticketOptionId, batch, expected, leaseMs / 2 - (performance.now() - started))
+        if (result.kind === 'late') throw new LeaseRunningOutError('the option\'s row was locked after half the direct lease')
+        if (result.kind === 'stale') {
+          this.remember(ticketOptionId, result.found)
+          this.sharedUntil.set(ticketOptionId, performance.now() + AT_ONCE_PAUSE_MS)
+          return 'stale'
+        }
+        this.remember(ticketOptionId, result.after)
+        const committed = appliedBatch(ticketOptionId, batch, result.outcomes)
+        transactionCommitted(span, head, batch, result.outcomes, result.outcomes.map(outcomeStatus), startTime)
+        return committed
+      })
+    } finally {
+      this.atOnceInFlight = false
+    }
+  }
+
+  private remember (ticketOptionId: string, state: OptionState): void {
+    if (this.leftAs.size >= DECLINED_REMEMBERED) this.leftAs.clear()
+    if (this.sharedUntil.size >= DECLINED_REMEMBERED) this.sharedUntil.clear()
+    this.leftAs.set(ticketOptionId, state)
   }
 
   /**
@@ -210,7 +295,12 @@ interface Committed {
   message: Omit<AppliedMessage, 'type'>
 }
 
+/** A committed batch and the message that tells the APIs of it. */
+function appliedBatch (ticketOptionId: string, batch: SaleRequest[], outcomes: SaleOutcome[]): Committed {
+  return { batch, message: { ticketOptionId, appliedLine: (batch[batch.length - 1] as SaleRequest).line ?? null, count: batch.length, at: Date.now(), outcomes } }
+}
+
 /** The requests with consecutive line numbers from `first`, as the claim handed them out. */
-function numberedFrom (requests: readonly SaleRequest[], first: number): SaleRequest[] {
+function numberedFrom<R extends SaleRequest> (requests: readonly R[], first: number): R[] {
   return requests.map((r, i) => ({ ...r, line: first + i }))
 }

@@ -55,6 +55,11 @@ export class GroupCommit {
     if (maxInFlight < 1) throw new Error('maxInFlight must be at least 1')
   }
 
+  /** Whether no group runs or waits: a batch now would be alone. */
+  get idle (): boolean {
+    return this.inFlight === 0 && this.waiting.length === 0
+  }
+
   /** Runs `work` in a transaction, with the batches of other options that are ready now. */
   async run<T> (work: TransactionWork<T>): Promise<T> {
     return await new Promise<T>((resolve, reject) => {

@@ -4,7 +4,8 @@
  * option's row lock, recording rejections, and reading what is recorded.
  * The rules that decide each outcome are in ./sale-rules.ts.
  */
-import { decideBatch, type Decision, type StoredPurchase, type StoredReservation, type ReservationStatus, type Rejection } from './sale-rules'
+import type { QueryConfig } from 'pg'
+import { decideBatch, type Decision, type OptionState, type StoredPurchase, type StoredReservation, type ReservationStatus, type Rejection } from './sale-rules'
 import { isPurchaseRequest, jobIdOf, type ConfirmRequest, type HoldRequest, type PurchaseRequest, type SaleRequest } from './sale-request'
 import { withTransaction, type Db, type DbClient } from '../db'
 
@@ -101,6 +102,10 @@ interface LockedOption {
 
 const ms = (iso: string | null): number | null => iso === null ? null : Date.parse(iso)
 
+function stateOf (option: LockedOption): OptionState {
+  return { available: option.allocation, held: option.held, maxPerPurchase: option.max_per_purchase, maxPerUser: option.max_per_user }
+}
+
 /**
  * Set for the rest of the transaction before a batch's first statement: its
  * statements run on generic plans, made by index. With PostgreSQL's default
@@ -149,9 +154,11 @@ export async function applySaleBatch (client: DbClient, ticketOptionId: string, 
  * applySaleBatch, asking `mayWrite` once the row is locked and the batch
  * decided, before anything is written: false writes nothing and returns null
  * (the transaction then holds only the lock and reads). The direct path
- * (api/purchasing/direct-sales.ts) claims its lease meanwhile.
+ * (api/purchasing/direct-sales.ts) claims its lease meanwhile. `leaves` is
+ * told the option's counters and limits as the batch leaves them (they hold
+ * once the transaction commits).
  */
-export async function applySaleBatchIf (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[], mayWrite: (() => Promise<boolean>) | null): Promise<SaleOutcome[] | null> {
+export async function applySaleBatchIf (client: DbClient, ticketOptionId: string, requests: readonly SaleRequest[], mayWrite: (() => Promise<boolean>) | null, leaves?: (after: OptionState) => void): Promise<SaleOutcome[] | null> {
   if (requests.some((r) => r.ticketOptionId !== ticketOptionId)) throw new Error('a batch must hold requests of one option')
   // The lock and the reads go out together (the client pipelines, shared/db.ts)
   // as statements of their own, run in the order sent: in READ COMMITTED the
@@ -180,7 +187,7 @@ export async function applySaleBatchIf (client: DbClient, ticketOptionId: string
   const usage = option.max_per_user === null ? new Map<string, number>() : readUsageRows ?? await readUsage(client, ticketOptionId, requests)
   const now = Date.now()
   const effects = decideBatch({
-    option: { available: option.allocation, held: option.held, maxPerPurchase: option.max_per_purchase, maxPerUser: option.max_per_user },
+    option: stateOf(option),
     purchases: new Map(purchaseRows.map((p): [string, StoredPurchase] => [p.id, { id: p.id, userId: p.user_id, quantity: p.quantity, status: p.status, cancelled: p.cancelled_at !== null }])),
     reservations: new Map(reservationRows.map((r): [string, StoredReservation] => [r.id, { id: r.id, userId: r.user_id, quantity: r.quantity, status: r.status, expiresAt: ms(r.expires_at) }])),
     recordedHolds: new Set(reservationRows.map((r) => r.id)),
@@ -196,7 +203,105 @@ export async function applySaleBatchIf (client: DbClient, ticketOptionId: string
     newHeld: effects.held,
     expired: effects.expired,
   })
+  leaves?.({ ...stateOf(option), available: effects.available, held: effects.held })
   return await outcomesOf(client, requests, effects.decisions, purchaseRows, reservationRows, written)
+}
+
+/** How a batch sent at once ended (applyPurchasesAtOnce). */
+export type AtOnceResult =
+  /** committed; the option as the batch left it */
+  | { kind: 'applied', outcomes: PurchaseRecord[], after: OptionState }
+  /** nothing written: the option was not as expected; `found` is how it is */
+  | { kind: 'stale', found: OptionState }
+  /** nothing written: the row lock came later than `lockWithinMs` */
+  | { kind: 'late' }
+
+/**
+ * Session settings of the connection applyPurchasesAtOnce runs on (libpq
+ * `options`): PLANNED_ONCE for the whole session, which does nothing else.
+ */
+export const AT_ONCE_SESSION = '-c plan_cache_mode=force_generic_plan -c enable_seqscan=off'
+
+/**
+ * A batch of new purchases of one option without a per-user limit, as ONE
+ * statement committed on its own: decided from `expected` (the option as
+ * this process last left it) before anything is read, then written only if
+ * the option's row, once locked, is still as expected (nobody else sold
+ * since) and the lock came within `lockWithinMs` of the statement's start
+ * (the direct lease's fence, on PostgreSQL's clock); otherwise nothing is
+ * written. One round trip, as the direct design's purchase, where
+ * applySaleBatch needs three (lock and reads, write, commit).
+ *
+ * Correct under concurrency because `for update` returns the row as the
+ * last transaction that held its lock left it, even when that committed
+ * after this statement started; nothing else the statement reads could have
+ * changed (the purchase ids are new). Runs on a connection with
+ * AT_ONCE_SESSION, so its plan is made once, by index.
+ */
+export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requests: readonly PurchaseRequest[], expected: OptionState, lockWithinMs: number): Promise<AtOnceResult> {
+  if (requests.length === 0 || requests.some((r) => r.ticketOptionId !== ticketOptionId)) throw new Error('a batch must hold requests of one option')
+  // Usage would need a read before deciding: an option with a per-user limit takes applySaleBatch.
+  if (expected.maxPerUser !== null) throw new Error('a batch decided at once needs an option without a per-user limit')
+  const { decisions, available, held } = decideBatch({ option: { ...expected }, purchases: new Map(), reservations: new Map(), recordedHolds: new Set(), usage: new Map(), now: Date.now() }, requests)
+  const purchases = requests.flatMap((request, i) => {
+    const d = decisions[i] as Decision
+    if (d.kind !== 'purchase') return [] // the same id twice in the batch: applied once
+    const rejected = d.status === 'rejected'
+    return [{ request, status: d.status, reason: rejected ? d.reason : null, available: rejected ? d.availableBefore : null, used: rejected ? d.used : null }]
+  })
+  const write: QueryConfig = {
+    name: 'sale-purchases-at-once',
+    text: `with locked as (
+       select allocation, held, max_per_purchase, max_per_user from ticket_options where id = $1::uuid for update
+     ), guard as (
+       select allocation = $10::integer and held = $11::integer
+              and max_per_purchase is not distinct from $12::integer and max_per_user is null
+              and clock_timestamp() - transaction_timestamp() < $13::integer * interval '1 millisecond' as ok
+         from locked
+     ), new_purchases as (
+       insert into purchases (id, ticket_option_id, user_id, quantity, status, reason, available, used, request_id, enqueued_at)
+       select p.id, $1::uuid, p.user_id, p.quantity, p.status, p.reason, p.available, p.used, p.request_id, to_timestamp(p.enqueued_at / 1000.0)
+         from unnest($2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::text[], $16::bigint[])
+              with ordinality as p(id, user_id, quantity, status, reason, available, used, request_id, enqueued_at, ord)
+        where (select ok from guard)
+        order by p.ord
+       returning ${PURCHASE_COLUMNS}
+     ), counters as (
+       update ticket_options set allocation = $14::integer, held = $15::integer, updated_at = now()
+        where id = $1::uuid and (select ok from guard) and (allocation <> $14::integer or held <> $15::integer)
+     )
+     select l.allocation as locked_allocation, l.held as locked_held, l.max_per_purchase as locked_max_per_purchase, l.max_per_user as locked_max_per_user, p.*
+       from locked l left join new_purchases p on true`,
+    values: [
+      ticketOptionId,
+      purchases.map((p) => p.request.purchaseId), purchases.map((p) => p.request.userId), purchases.map((p) => p.request.quantity), purchases.map((p) => p.status),
+      purchases.map((p) => p.reason), purchases.map((p) => p.available), purchases.map((p) => p.used), purchases.map((p) => p.request.requestId),
+      expected.available, expected.held, expected.maxPerPurchase, Math.floor(lockWithinMs),
+      available, held,
+      purchases.map((p) => p.request.enqueuedAt),
+    ],
+  }
+  return resultOf((await db.query<PurchaseRecord & LockedAs>(write)).rows)
+
+  function resultOf (rows: Array<PurchaseRecord & LockedAs>): AtOnceResult {
+    const [first] = rows
+    if (first === undefined) throw new UnknownTicketOptionError(`ticket option ${ticketOptionId} does not exist`)
+    const found = stateOf({ allocation: first.locked_allocation, held: first.locked_held, max_per_purchase: first.locked_max_per_purchase, max_per_user: first.locked_max_per_user })
+    if (first.id === null) {
+      const asExpected = found.available === expected.available && found.held === expected.held && found.maxPerPurchase === expected.maxPerPurchase && found.maxPerUser === null
+      return asExpected ? { kind: 'late' } : { kind: 'stale', found }
+    }
+    const byId = new Map(rows.map(({ locked_allocation: _a, locked_held: _h, locked_max_per_purchase: _p, locked_max_per_user: _u, ...record }) => [record.id, record]))
+    return { kind: 'applied', outcomes: requests.map((r) => byId.get(r.purchaseId) as PurchaseRecord), after: { ...expected, available, held } }
+  }
+}
+
+/** The option's row as applyPurchasesAtOnce locked it, beside each purchase it wrote. */
+interface LockedAs {
+  locked_allocation: number
+  locked_held: number
+  locked_max_per_purchase: number | null
+  locked_max_per_user: number | null
 }
 
 async function readPurchases (db: Db | DbClient, ids: readonly string[]): Promise<PurchaseRecord[]> {

@@ -6,6 +6,7 @@
  * the option's queue with its line numbers. On PostgreSQL queues there is no
  * direct path: every request is queued.
  */
+import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import pino from 'pino'
 import { DirectSales, LeaseRunningOutError, type DirectResult, type DirectSalesDeps } from '../../api/purchasing/direct-sales'
@@ -13,7 +14,9 @@ import { GroupCommit } from '../../shared/purchases/group-commit'
 import type { LineMessage } from '../../shared/purchases/purchase-outcomes'
 import type { PurchaseRequest } from '../../shared/purchases/sale-request'
 import { directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from '../../shared/queues/queue-names'
-import { createPool } from '../../shared/db'
+import { createPool, withTransaction } from '../../shared/db'
+import { applySaleBatch, AT_ONCE_SESSION } from '../../shared/purchases/sale-store'
+import { createTicketOption } from '../../shared/ticket-options'
 import { buildTestApp, buy, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
 import { eachQueueBackend, unbalancedOptions } from '../support/environment'
 import { sample } from '../support/prometheus-text'
@@ -134,13 +137,13 @@ async function directSales (t: Test) {
   let n = 0
   const request = (): PurchaseRequest => ({ kind: 'purchase', purchaseId: `00000000-0000-4000-8000-${String(++n).padStart(12, '0')}`, ticketOptionId: id, userId: USER, quantity: 1, requestId: `r${n}`, enqueuedAt: Date.now() })
   const purchases = async (): Promise<number> => Number((await sql.query('select count(*) from purchases')).rows[0].count)
-  return { make, id, request, redis, prefix, backend, purchases, db }
+  return { make, id, request, redis, prefix, backend, purchases, db, config, sql, app }
 }
 
 t.test('DirectSales: a batch that failed and could not be queued either rejects, and drops its lease', async (t) => {
   const { make, request, redis, prefix, id, purchases } = await directSales(t)
   const failure = new Error('the queue store is gone')
-  const sales = make({ leaseMs: 100, transactions: { run: async () => { throw new LeaseRunningOutError('late') } }, queues: { enqueueAhead: async () => { throw failure } } })
+  const sales = make({ leaseMs: 100, transactions: { idle: true, run: async () => { throw new LeaseRunningOutError('late') } }, queues: { enqueueAhead: async () => { throw failure } } })
   await t.rejects(sales.apply(request()), failure)
   t.equal(await redis.exists(directLeaseKey(prefix, id)), 0, 'the lease is dropped')
   t.equal(await purchases(), 0, 'nothing was written')
@@ -152,7 +155,7 @@ t.test('DirectSales: a claim Redis cannot answer declines (the queue path answer
   let transactions = 0
   const sales = make({
     backend: { ...backend, claimDirect: async () => { throw new Error('no Redis') } },
-    transactions: { run: async (work) => { transactions++; return await group.run(work) } },
+    transactions: { idle: true, run: async (work) => { transactions++; return await group.run(work) } },
   })
   t.same(await sales.apply(request()), { kind: 'declined' } satisfies DirectResult)
   t.equal(transactions, 1, 'the first claim went out beside the transaction (which wrote nothing)')
@@ -196,4 +199,79 @@ t.test('DirectSales: once a chunk is declined (another API took the lease meanwh
   t.same(batches, [['applied', 3], ['declined', 3], ['declined', 3]])
   t.equal(claims, 2, 'no claim after the declined one')
   t.equal(await purchases(), 3)
+})
+
+/** A pool for batches at once, and transactions that count how many batches went the usual way. */
+function atOnceParts (t: Test, db: ReturnType<typeof createPool>, databaseUrl: string) {
+  const atOnce = createPool(databaseUrl, 1, silent, AT_ONCE_SESSION)
+  t.teardown(async () => { await atOnce.end() })
+  const group = new GroupCommit(db, 1)
+  const counted = { usual: 0 }
+  const transactions: DirectSalesDeps['transactions'] = {
+    get idle () { return group.idle },
+    run: async (work) => { counted.usual++; return await group.run(work) },
+  }
+  return { atOnce, transactions, counted }
+}
+
+t.test('DirectSales: a lone batch of purchases goes at once when this API left the option as it is; after someone else sold, the usual way, for a while', async (t) => {
+  const { make, request, purchases, db, config, sql, id } = await directSales(t)
+  const { atOnce, transactions, counted } = atOnceParts(t, db, config.databaseUrl)
+  const sales = make({ atOnce, transactions })
+  const statusOf = (r: DirectResult): string => r.kind === 'applied' ? (r.outcome as { status: string }).status : r.kind
+
+  t.equal(statusOf(await sales.apply(request())), 'succeeded')
+  t.equal(counted.usual, 1, 'the option\'s first batch goes the usual way (nothing known of it)')
+  t.equal(statusOf(await sales.apply(request())), 'succeeded')
+  t.equal(statusOf(await sales.apply(request())), 'succeeded')
+  t.equal(counted.usual, 1, 'the next ones at once')
+
+  // A worker (or another API) sells meanwhile.
+  await withTransaction(sql, async (client) => await applySaleBatch(client, id, [request()]))
+  t.equal(statusOf(await sales.apply(request())), 'succeeded')
+  t.equal(counted.usual, 2, 'the option was not as this API left it: the usual way')
+  t.equal(statusOf(await sales.apply(request())), 'succeeded')
+  t.equal(counted.usual, 3, 'and the usual way for a while, though it is as this API left it again')
+
+  t.equal(await purchases(), 6, 'each purchase written once')
+  t.same((await sql.query('select allocation from ticket_options where id = $1', [id])).rows[0], { allocation: 4 })
+  t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('DirectSales: a batch at once whose row lock comes after half the lease writes nothing, and is queued ahead with its line number', async (t) => {
+  const { make, request, purchases, db, config, sql, id, redis, prefix } = await directSales(t)
+  const { atOnce, transactions, counted } = atOnceParts(t, db, config.databaseUrl)
+  const queued: PurchaseRequest[][] = []
+  const sales = make({ atOnce, transactions, leaseMs: 400, queues: { enqueueAhead: async (batch) => { queued.push(batch as PurchaseRequest[]) } } })
+  t.equal((await sales.apply(request())).kind, 'applied', 'learns the option')
+
+  const blocker = await sql.connect()
+  t.teardown(() => { blocker.release() })
+  await blocker.query('begin')
+  await blocker.query('select 1 from ticket_options where id = $1 for update', [id])
+  const late = sales.apply(request())
+  await sleep(300) // past half the lease
+  await blocker.query('commit')
+  t.same(await late, { kind: 'queued', line: 2 } satisfies DirectResult)
+  t.equal(counted.usual, 1, 'it went at once')
+  t.same(queued.map((batch) => batch.map((r) => r.line)), [[2]], 'queued ahead, under its line number')
+  t.equal(await purchases(), 1, 'nothing written')
+  t.equal(await redis.exists(directLeaseKey(prefix, id)), 0, 'the lease is dropped')
+})
+
+t.test('DirectSales: an option with a per-user limit, and a batch that is not only purchases, go the usual way', async (t) => {
+  const { make, db, config, sql, app } = await directSales(t)
+  const { atOnce, transactions, counted } = atOnceParts(t, db, config.databaseUrl)
+  const sales = make({ atOnce, transactions })
+  const limited = (await createTicketOption(sql, { name: 'limited', desc: '', allocation: 10, maxPerPurchase: null, maxPerUser: 5 })).id
+  const buy = (ticketOptionId: string): PurchaseRequest => ({ kind: 'purchase', purchaseId: randomUUID(), ticketOptionId, userId: USER, quantity: 1, requestId: 'r', enqueuedAt: Date.now() })
+  for (let i = 0; i < 3; i++) t.equal((await sales.apply(buy(limited))).kind, 'applied')
+  t.equal(counted.usual, 3, 'every batch of the limited option')
+
+  const open = await createOption(app, 10)
+  t.equal((await sales.apply(buy(open))).kind, 'applied')
+  const hold = await sales.apply({ kind: 'hold', reservationId: randomUUID(), holdSeconds: 60, ticketOptionId: open, userId: USER, quantity: 1, requestId: 'h', enqueuedAt: Date.now() })
+  t.match(hold, { kind: 'applied', outcome: { status: 'held' } })
+  t.equal(counted.usual, 5, 'a hold too')
+  t.same(await unbalancedOptions(sql), [])
 })

@@ -9,7 +9,7 @@ import t from 'tap'
 import { randomUUID } from 'node:crypto'
 import pino from 'pino'
 import { createPool, withTransaction } from '../../shared/db'
-import { applySaleBatch, type PurchaseRecord } from '../../shared/purchases/sale-store'
+import { applyPurchasesAtOnce, applySaleBatch, AT_ONCE_SESSION, type PurchaseRecord } from '../../shared/purchases/sale-store'
 import type { PurchaseRequest } from '../../shared/purchases/sale-request'
 import { createTicketOption } from '../../shared/ticket-options'
 import { createTestEnvironment, unbalancedOptions } from '../support/environment'
@@ -135,5 +135,71 @@ t.test('the sale\'s statements are planned once per connection, by index even wh
   }
   const { rows } = await sql.query('select allocation, held from ticket_options where id = $1', [option.id])
   t.same(rows[0], { allocation: 960, held: 0 })
+  t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('a batch at once: decided from the expected option, written with one statement only if the locked row is still so; else nothing is written', async (t) => {
+  const { config, sql } = await createTestEnvironment(t)
+  const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION)
+  t.teardown(async () => { await db.end() })
+  const option = await createTicketOption(sql, { name: 'at once', desc: '', allocation: 5, maxPerPurchase: 3, maxPerUser: null })
+  const expected = { available: 5, held: 0, maxPerPurchase: 3, maxPerUser: null }
+  const count = async (): Promise<number> => Number((await sql.query('select count(*) from purchases where ticket_option_id = $1', [option.id])).rows[0].count)
+
+  const [a, b, c] = [purchase(option.id, 2, 1), purchase(option.id, 4, 2), purchase(option.id, 1, 3)]
+  const applied = await applyPurchasesAtOnce(db, option.id, [a, b, c], expected, 2000)
+  t.same(applied.kind, 'applied')
+  if (applied.kind !== 'applied') return
+  t.match(applied.outcomes, [
+    { id: a.purchaseId, status: 'succeeded', quantity: 2, reason: null },
+    { id: b.purchaseId, status: 'rejected', reason: 'quantity_over_limit' },
+    { id: c.purchaseId, status: 'succeeded', quantity: 1 },
+  ], 'each decided by the same rules as any batch, in order')
+  t.same(Object.keys(applied.outcomes[0] as object).sort(), ['available', 'cancelled_at', 'created_at', 'id', 'quantity', 'reason', 'reservation_id', 'status', 'ticket_option_id', 'used', 'user_id'], 'a purchase record, nothing of the lock beside it')
+  t.same(applied.after, { ...expected, available: 2 })
+  t.same((await sql.query('select allocation, held from ticket_options where id = $1', [option.id])).rows[0], { allocation: 2, held: 0 }, 'committed')
+
+  // Someone else (a worker's batch) sold one meanwhile: expecting 2 left is stale now.
+  await withTransaction(sql, async (client) => await applySaleBatch(client, option.id, [purchase(option.id, 1, 4)]))
+  const stale = await applyPurchasesAtOnce(db, option.id, [purchase(option.id, 2, 5)], applied.after, 2000)
+  t.same(stale, { kind: 'stale', found: { ...expected, available: 1 } }, 'the option as it is')
+  t.equal(await count(), 4, 'nothing written')
+  t.same((await sql.query('select allocation from ticket_options where id = $1', [option.id])).rows[0], { allocation: 1 })
+  t.same(await unbalancedOptions(sql), [])
+
+  const nowhere = randomUUID()
+  await t.rejects(applyPurchasesAtOnce(db, nowhere, [purchase(nowhere, 1, 6)], expected, 2000), { name: 'UnknownTicketOptionError' }, 'an option that does not exist')
+  await t.rejects(applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 7)], { ...expected, maxPerUser: 2 }, 2000), /per-user limit/, 'an option with a per-user limit needs its usage read first')
+})
+
+t.test('a batch at once that waits for the option\'s lock checks the row as its holder committed it, and writes nothing when the lock came too late', async (t) => {
+  const { config, sql } = await createTestEnvironment(t)
+  const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION)
+  t.teardown(async () => { await db.end() })
+  const option = await createTicketOption(sql, { name: 'at once, lock wait', desc: '', allocation: 5, maxPerPurchase: null, maxPerUser: null })
+  const expected = { available: 5, held: 0, maxPerPurchase: null, maxPerUser: null }
+  const holder = await sql.connect()
+  t.teardown(() => { holder.release() })
+  const lockWaiters = async (): Promise<number> => (await sql.query("select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()")).rows[0].n as number
+
+  // The holder sells 2 and commits while the batch waits: the batch, started before that commit, must see it.
+  await holder.query('begin')
+  await holder.query('update ticket_options set allocation = allocation - 2 where id = $1', [option.id])
+  await holder.query("insert into purchases (id, ticket_option_id, user_id, quantity, status, request_id) values ($1, $2, $3, 2, 'succeeded', 'holder')", [randomUUID(), option.id, USER])
+  const waiting = applyPurchasesAtOnce(db, option.id, [purchase(option.id, 4, 1)], expected, 10_000)
+  await waitFor(lockWaiters, (n) => n === 1, 5000, 20)
+  await holder.query('commit')
+  t.same(await waiting, { kind: 'stale', found: { ...expected, available: 3 } }, 'stale: it would have sold 4 of 3')
+  t.same((await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])).rows[0], { allocation: 3, purchases: 1 }, 'only the holder\'s')
+
+  // The holder keeps the lock past the batch's fence: nothing is written, even though the option is as expected.
+  await holder.query('begin')
+  await holder.query('select 1 from ticket_options where id = $1 for update', [option.id])
+  const late = applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 2)], { ...expected, available: 3 }, 150)
+  await waitFor(lockWaiters, (n) => n === 1, 5000, 20)
+  await sleep(300)
+  await holder.query('commit')
+  t.same(await late, { kind: 'late' })
+  t.same((await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])).rows[0], { allocation: 3, purchases: 1 }, 'nothing written')
   t.same(await unbalancedOptions(sql), [])
 })
