@@ -47,6 +47,7 @@ import { applyPurchasesAtOnce, applySaleBatchIf, outcomeStatus, type SaleOutcome
 import type { QueueBackend } from '../../shared/queues/queue-backend'
 import { inTransactionSpan, transactionCommitted } from '../../shared/telemetry/purchase-spans'
 import { BatchedCalls } from './batched-calls'
+import { OutcomeAnnouncer } from './outcome-announcer'
 import type { PurchaseQueues } from './purchase-queues'
 
 export type DirectResult =
@@ -58,13 +59,15 @@ export type DirectResult =
   | { kind: 'queued', line: number }
 
 export interface DirectSalesDeps {
-  /** a backend with direct purchases records a batch's applied line and outcomes in releaseDirect */
-  backend: Pick<QueueBackend, 'claimDirect' | 'releaseDirect'>
+  /** a backend with direct purchases advances a batch's applied line in releaseDirect, and publishes with publishApplied */
+  backend: Pick<QueueBackend, 'claimDirect' | 'releaseDirect' | 'publishApplied'>
   transactions: Pick<GroupCommit, 'run' | 'idle'>
   /** where a lone batch goes at once (applyPurchasesAtOnce); absent: every batch goes through `transactions` */
   atOnce?: Db
   queues: Pick<PurchaseQueues, 'enqueueAhead'>
   leaseMs: number
+  /** how long outcomes wait to be announced with others (outcome-announcer.ts); absent: ANNOUNCE_DELAY_MS */
+  announceDelayMs?: number
   /** most requests in one direct transaction (WORKER_BATCH_SIZE, as a worker's batch) */
   maxBatch: number
   log: Logger
@@ -79,6 +82,8 @@ export class LeaseRunningOutError extends Error {
 
 /** Options remembered as recently declined, or as this API left them, at most. */
 const DECLINED_REMEMBERED = 10_000
+/** How long a direct batch's outcomes wait to be announced with others' (outcome-announcer.ts). */
+const ANNOUNCE_DELAY_MS = 10
 /** How long an option whose batch found it changed by someone else does not go at once. */
 const AT_ONCE_PAUSE_MS = 1000
 
@@ -93,15 +98,18 @@ export class DirectSales {
   private readonly sharedUntil = new Map<string, number>()
   /** A batch at once in flight: the next one goes with the group instead. */
   private atOnceInFlight = false
+  private readonly announcer: OutcomeAnnouncer
   /** A line per request applied, at debug; read once (an app built with `logger: false` has no levels). */
   private readonly logsEach: boolean
 
   constructor (private readonly deps: DirectSalesDeps) {
     this.logsEach = typeof deps.log.isLevelEnabled === 'function' && deps.log.isLevelEnabled('debug')
+    this.announcer = new OutcomeAnnouncer(async (message) => { await deps.backend.publishApplied(message) }, deps.announceDelayMs ?? ANNOUNCE_DELAY_MS, deps.log)
   }
 
-  /** Closes the connection of the batches at once (`atOnce`). */
+  /** Announces the outcomes still pending, and closes the connection of the batches at once (`atOnce`). */
   async close (): Promise<void> {
+    await this.announcer.flush()
     await this.deps.atOnce?.end()
   }
 
@@ -167,7 +175,9 @@ export class DirectSales {
     this.declinedLately.delete(ticketOptionId)
     const { batch, message: applied } = committed
     // Not awaited: this API's next claim of the option goes after it on the same connection.
-    backend.releaseDirect(ticketOptionId, token, applied).catch((err: unknown) => {
+    // The line advances with the release; the outcomes are announced with others of these milliseconds.
+    this.announcer.add(applied)
+    backend.releaseDirect(ticketOptionId, token, { ...applied, outcomes: [] }).catch((err: unknown) => {
       // The lease then expires on its own; until then the option's requests queue.
       log.warn({ err, ticketOptionId }, 'could not release the direct lease')
     })

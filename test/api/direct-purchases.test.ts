@@ -61,6 +61,23 @@ t.test('a direct batch publishes its outcomes and applied line, as a worker\'s b
   t.match(message, { type: 'applied', ticketOptionId: id, appliedLine: 1, count: 1, outcomes: [{ id: res.json().id, status: 'succeeded', quantity: 2 }] })
 })
 
+t.test('direct batches of the same milliseconds are announced as one message; what is pending when the API closes is announced then', async (t) => {
+  const { make, request, backend, id } = await directSales(t)
+  const heard: LineMessage[] = []
+  await backend.subscribeLineMessages((message) => { heard.push(message) }, () => {})
+  const sales = make({ announceDelayMs: 200 })
+  const [a, b] = [request(), request()]
+  await sales.apply(a)
+  await sales.apply(b)
+  const message = await waitFor(() => heard.find((m) => m.type === 'applied' && m.ticketOptionId === id), (m) => m !== undefined, 5000, 10)
+  t.match(message, { type: 'applied', ticketOptionId: id, appliedLine: 2, count: 2, outcomes: [{ id: a.purchaseId }, { id: b.purchaseId }] })
+  const c = request()
+  const closing = make({ announceDelayMs: 60_000 })
+  await closing.apply(c)
+  await closing.close()
+  t.ok(await waitFor(() => heard.some((m) => m.type === 'applied' && m.outcomes.some((o) => o.id === c.purchaseId)), (found) => found, 5000, 10), 'announced on close, not a minute later')
+})
+
 t.test('a lease held elsewhere: the purchase queues behind it, and the worker waits until the lease ends', async (t) => {
   const { app, redis, prefix, config, sql } = await setUp(t, { worker: false })
   const id = await createOption(app, 5)
