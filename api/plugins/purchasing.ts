@@ -101,9 +101,11 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
   app.addHook('onClose', async () => {
     await reconciler.stop()
     streams.close()
+    // Before the backend closes: it announces the direct outcomes still pending.
+    await direct?.close()
     await queues.close()
     await backend.close()
-    await Promise.all([db.end(), direct?.close()])
+    await db.end()
   })
 
   await backend.waitUntilReady(10_000)

@@ -78,6 +78,17 @@ t.test('direct batches of the same milliseconds are announced as one message; wh
   t.ok(await waitFor(() => heard.some((m) => m.type === 'applied' && m.outcomes.some((o) => o.id === c.purchaseId)), (found) => found, 5000, 10), 'announced on close, not a minute later')
 })
 
+t.test('an API that closes right after a direct purchase still announces it', async (t) => {
+  const { app, openQueues } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '300' } })
+  const id = await createOption(app, 5)
+  const heard: LineMessage[] = []
+  await openQueues().subscribeLineMessages((message) => { heard.push(message) }, () => {})
+  const res = await buy(app, id)
+  t.equal(res.statusCode, 201)
+  await app.close()
+  t.ok(await waitFor(() => heard.some((m) => m.type === 'applied' && m.outcomes.some((o) => o.id === res.json().id)), (found) => found, 3000, 10), 'heard')
+})
+
 t.test('a lease held elsewhere: the purchase queues behind it, and the worker waits until the lease ends', async (t) => {
   const { app, redis, prefix, config, sql } = await setUp(t, { worker: false })
   const id = await createOption(app, 5)
