@@ -81,7 +81,7 @@ export class LeaseRunningOutError extends Error {
 }
 
 /** Options remembered as recently declined, or as this API left them, at most. */
-const DECLINED_REMEMBERED = 10_000
+const OPTIONS_REMEMBERED = 10_000
 /** How long a direct batch's outcomes wait to be announced with others' (outcome-announcer.ts). */
 const ANNOUNCE_DELAY_MS = 10
 /** How long an option whose batch found it changed by someone else does not go at once. */
@@ -90,9 +90,9 @@ const AT_ONCE_PAUSE_MS = 1000
 export class DirectSales {
   private readonly batches = new BatchedCalls<SaleRequest, DirectResult>(async (ticketOptionId, requests) => await this.applyGathered(ticketOptionId, requests))
 
-  /** Options whose last claim here was declined (a hint: forgotten at DECLINED_REMEMBERED). */
+  /** Options whose last claim here was declined (a hint: forgotten at OPTIONS_REMEMBERED). */
   private readonly declinedLately = new Set<string>()
-  /** Each option as this API's last committed batch of it left it (forgotten at DECLINED_REMEMBERED). */
+  /** Each option as this API's last committed batch of it left it (forgotten at OPTIONS_REMEMBERED). */
   private readonly leftAs = new Map<string, OptionState>()
   /** Options that someone else sold from lately: until when they do not go at once. */
   private readonly sharedUntil = new Map<string, number>()
@@ -151,7 +151,7 @@ export class DirectSales {
       return null
     })
     const declined = (): DirectResult[] => {
-      if (this.declinedLately.size >= DECLINED_REMEMBERED) this.declinedLately.clear()
+      if (this.declinedLately.size >= OPTIONS_REMEMBERED) this.declinedLately.clear()
       this.declinedLately.add(ticketOptionId)
       this.deps.onBatch?.('declined', requests.length)
       return requests.map(() => ({ kind: 'declined' }))
@@ -273,8 +273,8 @@ export class DirectSales {
   }
 
   private remember (ticketOptionId: string, state: OptionState): void {
-    if (this.leftAs.size >= DECLINED_REMEMBERED) this.leftAs.clear()
-    if (this.sharedUntil.size >= DECLINED_REMEMBERED) this.sharedUntil.clear()
+    if (this.leftAs.size >= OPTIONS_REMEMBERED) this.leftAs.clear()
+    if (this.sharedUntil.size >= OPTIONS_REMEMBERED) this.sharedUntil.clear()
     this.leftAs.set(ticketOptionId, state)
   }
 

@@ -4,7 +4,6 @@
  * option's row lock, recording rejections, and reading what is recorded.
  * The rules that decide each outcome are in ./sale-rules.ts.
  */
-import type { QueryConfig } from 'pg'
 import { decideBatch, type Decision, type OptionState, type StoredPurchase, type StoredReservation, type ReservationStatus, type Rejection } from './sale-rules'
 import { isPurchaseRequest, jobIdOf, type ConfirmRequest, type HoldRequest, type PurchaseRequest, type SaleRequest } from './sale-request'
 import { withTransaction, type Db, type DbClient } from '../db'
@@ -101,6 +100,11 @@ interface LockedOption {
 }
 
 const ms = (iso: string | null): number | null => iso === null ? null : Date.parse(iso)
+
+/** What a purchase or hold records of its decision: why and at what stock it was refused, if it was. */
+function refusalColumns (d: Extract<Decision, { kind: 'purchase' | 'hold' }>): { reason: string | null, available: number | null, used: number | null } {
+  return d.status === 'rejected' ? { reason: d.reason, available: d.availableBefore, used: d.used } : { reason: null, available: null, used: null }
+}
 
 function stateOf (option: LockedOption): OptionState {
   return { available: option.allocation, held: option.held, maxPerPurchase: option.max_per_purchase, maxPerUser: option.max_per_user }
@@ -245,63 +249,51 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
   const { decisions, available, held } = decideBatch({ option: { ...expected }, purchases: new Map(), reservations: new Map(), recordedHolds: new Set(), usage: new Map(), now: Date.now() }, requests)
   const purchases = requests.flatMap((request, i) => {
     const d = decisions[i] as Decision
-    if (d.kind !== 'purchase') return [] // the same id twice in the batch: applied once
-    const rejected = d.status === 'rejected'
-    return [{ request, status: d.status, reason: rejected ? d.reason : null, available: rejected ? d.availableBefore : null, used: rejected ? d.used : null }]
+    // Not a purchase decision: the same id twice in the batch, applied once.
+    return d.kind === 'purchase' ? [{ request, status: d.status, ...refusalColumns(d) }] : []
   })
-  const write: QueryConfig = {
+  // One row per purchase written, each beside the option's row as locked; one row with the purchase's columns null when nothing was.
+  const { rows } = await db.query<LockedOption & PurchaseRecord>({
     name: 'sale-purchases-at-once',
     text: `with locked as (
        select allocation, held, max_per_purchase, max_per_user from ticket_options where id = $1::uuid for update
      ), guard as (
-       select allocation = $10::integer and held = $11::integer
-              and max_per_purchase is not distinct from $12::integer and max_per_user is null
-              and clock_timestamp() - transaction_timestamp() < $13::integer * interval '1 millisecond' as ok
+       select allocation = $11::integer and held = $12::integer
+              and max_per_purchase is not distinct from $13::integer and max_per_user is null
+              and clock_timestamp() - transaction_timestamp() < $14::integer * interval '1 millisecond' as ok
          from locked
      ), new_purchases as (
        insert into purchases (id, ticket_option_id, user_id, quantity, status, reason, available, used, request_id, enqueued_at)
        select p.id, $1::uuid, p.user_id, p.quantity, p.status, p.reason, p.available, p.used, p.request_id, to_timestamp(p.enqueued_at / 1000.0)
-         from unnest($2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::text[], $16::bigint[])
+         from unnest($2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[], $7::integer[], $8::integer[], $9::text[], $10::bigint[])
               with ordinality as p(id, user_id, quantity, status, reason, available, used, request_id, enqueued_at, ord)
         where (select ok from guard)
         order by p.ord
        returning ${PURCHASE_COLUMNS}
      ), counters as (
-       update ticket_options set allocation = $14::integer, held = $15::integer, updated_at = now()
-        where id = $1::uuid and (select ok from guard) and (allocation <> $14::integer or held <> $15::integer)
+       update ticket_options set allocation = $15::integer, held = $16::integer, updated_at = now()
+        where id = $1::uuid and (select ok from guard) and (allocation <> $15::integer or held <> $16::integer)
      )
-     select l.allocation as locked_allocation, l.held as locked_held, l.max_per_purchase as locked_max_per_purchase, l.max_per_user as locked_max_per_user, p.*
-       from locked l left join new_purchases p on true`,
+     select l.*, p.* from locked l left join new_purchases p on true`,
     values: [
       ticketOptionId,
       purchases.map((p) => p.request.purchaseId), purchases.map((p) => p.request.userId), purchases.map((p) => p.request.quantity), purchases.map((p) => p.status),
       purchases.map((p) => p.reason), purchases.map((p) => p.available), purchases.map((p) => p.used), purchases.map((p) => p.request.requestId),
+      purchases.map((p) => p.request.enqueuedAt),
       expected.available, expected.held, expected.maxPerPurchase, Math.floor(lockWithinMs),
       available, held,
-      purchases.map((p) => p.request.enqueuedAt),
     ],
+  })
+  const [first] = rows
+  if (first === undefined) throw new UnknownTicketOptionError(`ticket option ${ticketOptionId} does not exist`)
+  if (first.id === null) {
+    const found = stateOf(first)
+    const asExpected = found.available === expected.available && found.held === expected.held && found.maxPerPurchase === expected.maxPerPurchase && found.maxPerUser === null
+    return asExpected ? { kind: 'late' } : { kind: 'stale', found }
   }
-  return resultOf((await db.query<PurchaseRecord & LockedAs>(write)).rows)
-
-  function resultOf (rows: Array<PurchaseRecord & LockedAs>): AtOnceResult {
-    const [first] = rows
-    if (first === undefined) throw new UnknownTicketOptionError(`ticket option ${ticketOptionId} does not exist`)
-    const found = stateOf({ allocation: first.locked_allocation, held: first.locked_held, max_per_purchase: first.locked_max_per_purchase, max_per_user: first.locked_max_per_user })
-    if (first.id === null) {
-      const asExpected = found.available === expected.available && found.held === expected.held && found.maxPerPurchase === expected.maxPerPurchase && found.maxPerUser === null
-      return asExpected ? { kind: 'late' } : { kind: 'stale', found }
-    }
-    const byId = new Map(rows.map(({ locked_allocation: _a, locked_held: _h, locked_max_per_purchase: _p, locked_max_per_user: _u, ...record }) => [record.id, record]))
-    return { kind: 'applied', outcomes: requests.map((r) => byId.get(r.purchaseId) as PurchaseRecord), after: { ...expected, available, held } }
-  }
-}
-
-/** The option's row as applyPurchasesAtOnce locked it, beside each purchase it wrote. */
-interface LockedAs {
-  locked_allocation: number
-  locked_held: number
-  locked_max_per_purchase: number | null
-  locked_max_per_user: number | null
+  // The option's columns share no name with a purchase's.
+  const byId = new Map(rows.map(({ allocation: _a, held: _h, max_per_purchase: _p, max_per_user: _u, ...record }) => [record.id, record]))
+  return { kind: 'applied', outcomes: requests.map((r) => byId.get(r.purchaseId) as PurchaseRecord), after: { ...expected, available, held } }
 }
 
 async function readPurchases (db: Db | DbClient, ids: readonly string[]): Promise<PurchaseRecord[]> {
@@ -357,28 +349,9 @@ async function writeEffects (client: DbClient, ticketOptionId: string, requests:
   requests.forEach((request, i) => {
     const d = decisions[i] as Decision
     if (d.kind === 'purchase' && isPurchaseRequest(request)) {
-      const rejected = d.status === 'rejected'
-      purchases.push({
-        id: request.purchaseId,
-        userId: request.userId,
-        quantity: request.quantity,
-        status: d.status,
-        request,
-        reservationId: null,
-        reason: rejected ? d.reason : null,
-        available: rejected ? d.availableBefore : null,
-        used: rejected ? d.used : null,
-      })
+      purchases.push({ id: request.purchaseId, userId: request.userId, quantity: request.quantity, status: d.status, request, reservationId: null, ...refusalColumns(d) })
     } else if (d.kind === 'hold' && request.kind === 'hold') {
-      const rejected = d.status === 'rejected'
-      holds.push({
-        request,
-        status: d.status,
-        reason: rejected ? d.reason : null,
-        available: rejected ? d.availableBefore : null,
-        used: rejected ? d.used : null,
-        expiresAt: d.status === 'held' ? d.expiresAt : null,
-      })
+      holds.push({ request, status: d.status, ...refusalColumns(d), expiresAt: d.status === 'held' ? d.expiresAt : null })
     } else if (d.kind === 'confirm' && d.status === 'confirmed' && request.kind === 'confirm') {
       confirms.push(request)
       changed.push({ id: request.reservationId, status: 'confirmed', purchaseId: request.purchaseId })
