@@ -46,7 +46,7 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
   const db = createPool(config.databaseUrl, config.databasePoolSize, log)
   const backend = openQueueBackend(config, log, 'api')
   const line = new QueueLine(backend)
-  const waiter = new OutcomeWaiter(backend, line)
+  const waiter = new OutcomeWaiter(backend, line, log)
   const queues = new PurchaseQueues(backend, log)
   const backpressure = new QueueBackpressure({
     waitingCount: async (ticketOptionId) => await queues.waitingCount(ticketOptionId),

@@ -260,10 +260,10 @@ export class SaleService {
    * Adds a new purchase's or hold's job and waits for its outcome. `key` is
    * the Idempotency-Key this request claimed for it, if any.
    */
-  private async enqueueAndWait<T> (request: PurchaseRequest | HoldRequest, key: string | null, find: NewRecordKind<T>['find'], waitMs: number): Promise<QueuedResult<T>> {
+  private async enqueueAndWait<T extends PurchaseRecord | ReservationRecord> (request: PurchaseRequest | HoldRequest, key: string | null, find: NewRecordKind<T>['find'], waitMs: number): Promise<QueuedResult<T>> {
     const jobId = jobIdOf(request)
     // Registered before the add, so an outcome published at once is not missed.
-    const wait = waitMs > 0 ? this.deps.waiter.wait(jobId, waitMs) : null
+    const wait = waitMs > 0 ? this.deps.waiter.wait(jobId, waitMs, async () => await find(this.deps.db, request.ticketOptionId, jobId)) : null
     let ticket: number
     try {
       // A buyer who asked not to wait (respond-async) is queued: the answer is 202 either way.
@@ -350,7 +350,7 @@ export class SaleService {
     const { ticketOptionId } = request
     const id = jobIdOf(request)
     // Registered before anything is read, so an outcome published from now on is not missed.
-    const wait = waiter.wait(id, waitMs)
+    const wait = waiter.wait(id, waitMs, async () => await find(db, ticketOptionId, id))
     let recorded: T | null
     try {
       recorded = await find(db, ticketOptionId, id)

@@ -57,10 +57,10 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     }
     // ioredis re-subscribes by itself after a reconnect, but only if the
     // connection it lost had subscribed; after a reconnect that failed midway
-    // it may not know. Subscribing again on every ready is harmless.
+    // it may not know. Subscribing again on every ready is harmless. The gap is
+    // told once subscribed ('ready' comes before), so what it looks up misses nothing.
     s.on('ready', () => {
-      onGap?.()
-      s.subscribe(channel).catch((err: unknown) => { log.warn({ err, channel }, 'could not subscribe') })
+      s.subscribe(channel).then(() => { onGap?.() }, (err: unknown) => { log.warn({ err, channel }, 'could not subscribe') })
     })
     await s.subscribe(channel)
   }
