@@ -4,8 +4,9 @@
  * option's lease and line numbers in one Redis script (shared/queues/
  * direct-lease.ts) and applies the request itself, in a transaction of the
  * same sale-store code a worker runs (shared with other options' batches of
- * the moment: group-commit.ts), then advances the applied line, drops the
- * lease and publishes the outcome, in one round trip not awaited. A buyer
+ * the moment: group-commit.ts), then advances the applied line and drops the
+ * lease (put off for a millisecond, so the option's next claim here can do it:
+ * putOffRelease) and announces the outcome (outcome-announcer.ts). A buyer
  * then pays one script and one transaction, not the queue's per-job path
  * (about 40 Redis commands and four to six round trips).
  *
@@ -45,6 +46,7 @@ import type { OptionState } from '../../shared/purchases/sale-rules'
 import { isPurchaseRequest, jobIdOf, type PurchaseRequest, type SaleRequest } from '../../shared/purchases/sale-request'
 import { applyPurchasesAtOnce, applySaleBatchIf, outcomeStatus, type SaleOutcome } from '../../shared/purchases/sale-store'
 import type { QueueBackend } from '../../shared/queues/queue-backend'
+import type { PutOffRelease } from '../../shared/queues/direct-lease'
 import { inTransactionSpan, transactionCommitted } from '../../shared/telemetry/purchase-spans'
 import { BatchedCalls } from './batched-calls'
 import { OutcomeAnnouncer } from './outcome-announcer'
@@ -68,6 +70,8 @@ export interface DirectSalesDeps {
   leaseMs: number
   /** how long outcomes wait to be announced with others (outcome-announcer.ts); absent: ANNOUNCE_DELAY_MS */
   announceDelayMs?: number
+  /** how long a committed batch's release waits for the option's next claim (putOffRelease); absent: RELEASE_PUT_OFF_MS */
+  releasePutOffMs?: number
   /** most requests in one direct transaction (WORKER_BATCH_SIZE, as a worker's batch) */
   maxBatch: number
   log: Logger
@@ -84,6 +88,8 @@ export class LeaseRunningOutError extends Error {
 const OPTIONS_REMEMBERED = 10_000
 /** How long a direct batch's outcomes wait to be announced with others' (outcome-announcer.ts). */
 const ANNOUNCE_DELAY_MS = 10
+/** How long a committed batch's release waits for the option's next claim here to carry it (putOffRelease). */
+const RELEASE_PUT_OFF_MS = 1
 /** How long an option whose batch found it changed by someone else does not go at once. */
 const AT_ONCE_PAUSE_MS = 1000
 
@@ -96,6 +102,9 @@ export class DirectSales {
   private readonly leftAs = new Map<string, OptionState>()
   /** Options that someone else sold from lately: until when they do not go at once. */
   private readonly sharedUntil = new Map<string, number>()
+  /** Releases put off until the option's next claim here, or until `due` (putOffRelease). */
+  private readonly putOff = new Map<string, PutOffRelease & { due: number }>()
+  private releaseTimer: NodeJS.Timeout | undefined
   /** A batch at once in flight: the next one goes with the group instead. */
   private atOnceInFlight = false
   private readonly announcer: OutcomeAnnouncer
@@ -107,8 +116,9 @@ export class DirectSales {
     this.announcer = new OutcomeAnnouncer(async (message) => { await deps.backend.publishApplied(message) }, deps.announceDelayMs ?? ANNOUNCE_DELAY_MS, deps.log)
   }
 
-  /** Announces the outcomes still pending, and closes the connection of the batches at once (`atOnce`). */
+  /** Sends the releases put off, announces the outcomes still pending, and closes the connection of the batches at once (`atOnce`). */
   async close (): Promise<void> {
+    await Promise.all(this.releaseDue(true))
     await this.announcer.flush()
     await this.deps.atOnce?.end()
   }
@@ -146,8 +156,11 @@ export class DirectSales {
     const token = randomUUID()
     // Measured from before the claim is sent, so never shorter than what Redis counts.
     const started = performance.now()
-    const claiming = backend.claimDirect(ticketOptionId, requests.length, leaseMs, token).catch((err: unknown) => {
+    const putOff = this.takePutOffRelease(ticketOptionId)
+    const claiming = backend.claimDirect(ticketOptionId, requests.length, leaseMs, token, putOff).catch((err: unknown) => {
       log.warn({ err, ticketOptionId }, 'could not claim the direct lease; queueing')
+      // Perhaps not done: sent on its own (done twice, it changes nothing).
+      if (putOff !== undefined) void this.release(ticketOptionId, putOff)
       return null
     })
     const declined = (): DirectResult[] => {
@@ -174,13 +187,9 @@ export class DirectSales {
     if (committed === null) return declined()
     this.declinedLately.delete(ticketOptionId)
     const { batch, message: applied } = committed
-    // Not awaited: this API's next claim of the option goes after it on the same connection.
-    // The line advances with the release; the outcomes are announced with others of these milliseconds.
+    // The outcomes are announced with others of these milliseconds; the line advances with the release.
     this.announcer.add(applied)
-    backend.releaseDirect(ticketOptionId, token, { ...applied, outcomes: [] }).catch((err: unknown) => {
-      // The lease then expires on its own; until then the option's requests queue.
-      log.warn({ err, ticketOptionId }, 'could not release the direct lease')
-    })
+    this.putOffRelease(ticketOptionId, { token, appliedLine: applied.appliedLine })
     this.deps.onBatch?.('applied', batch.length)
     const byId = new Map(applied.outcomes.map((o) => [o.id, o]))
     if (this.logsEach) {
@@ -270,6 +279,61 @@ export class DirectSales {
     } finally {
       this.atOnceInFlight = false
     }
+  }
+
+  /**
+   * A committed batch's release waits `releasePutOffMs` for the option's
+   * next claim here, which does it first in the same script: a buyer who
+   * comes back at once costs Redis one round trip, not two. Meanwhile the
+   * lease is held (others queue, a worker waits), as during a batch.
+   */
+  private putOffRelease (ticketOptionId: string, release: PutOffRelease): void {
+    const putOffMs = this.deps.releasePutOffMs ?? RELEASE_PUT_OFF_MS
+    this.putOff.set(ticketOptionId, { ...release, due: performance.now() + putOffMs })
+    if (this.releaseTimer === undefined) this.armReleaseTimer(putOffMs)
+  }
+
+  private takePutOffRelease (ticketOptionId: string): PutOffRelease | undefined {
+    const release = this.putOff.get(ticketOptionId)
+    if (release === undefined) return undefined
+    this.putOff.delete(ticketOptionId)
+    if (this.putOff.size === 0) {
+      // A timer that fires for nothing would wake the process up once per batch.
+      clearTimeout(this.releaseTimer)
+      this.releaseTimer = undefined
+    }
+    return { token: release.token, appliedLine: release.appliedLine }
+  }
+
+  /** Sends the releases whose time is up (`all`: every one); the timer comes back for the next one due. */
+  private releaseDue (all = false): Array<Promise<void>> {
+    clearTimeout(this.releaseTimer)
+    this.releaseTimer = undefined
+    const now = performance.now()
+    const sent: Array<Promise<void>> = []
+    let next = Infinity
+    for (const [ticketOptionId, release] of this.putOff) {
+      if (all || release.due <= now) {
+        this.putOff.delete(ticketOptionId)
+        sent.push(this.release(ticketOptionId, release))
+      } else {
+        next = Math.min(next, release.due)
+      }
+    }
+    if (next !== Infinity) this.armReleaseTimer(next - now)
+    return sent
+  }
+
+  private armReleaseTimer (ms: number): void {
+    this.releaseTimer = setTimeout(() => { this.releaseDue() }, Math.max(1, ms))
+    this.releaseTimer.unref()
+  }
+
+  private async release (ticketOptionId: string, { token, appliedLine }: PutOffRelease): Promise<void> {
+    await this.deps.backend.releaseDirect(ticketOptionId, token, appliedLine).catch((err: unknown) => {
+      // The lease then expires on its own; until then the option's requests queue.
+      this.deps.log.warn({ err, ticketOptionId }, 'could not release the direct lease')
+    })
   }
 
   private remember (ticketOptionId: string, state: OptionState): void {

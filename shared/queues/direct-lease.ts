@@ -5,22 +5,27 @@
  * - claim: when nothing of the option waits, runs or is delayed in its queue,
  *   no line number is taken and not applied, and nobody holds the lease, take
  *   `count` line numbers and the lease for `leaseMs`;
- * - release: after the batch, advance the applied line (when it committed),
- *   drop the lease if it is still ours, and publish the outcomes (in the
- *   script, except on a cluster, where the channel has a slot of its own);
+ * - release: after the batch, advance the applied line (when it committed)
+ *   and drop the lease if it is still ours (the outcomes are announced apart:
+ *   api/purchasing/outcome-announcer.ts);
  * - the worker's read of how long the lease still lives (PTTL).
  * Invariant 4 rests on the claim's check: a worker holds an option's job
  * `active` for the whole of its batch, so no lease is granted while a batch
  * runs, and a worker waits for a lease to end before it starts one.
  */
 import type { QueueKeys } from 'bullmq'
-import { isCluster, publishMessage, type RedisClient } from '../redis'
-import type { AppliedMessage } from '../purchases/purchase-outcomes'
-import { directLeaseKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName } from './queue-names'
+import type { RedisClient } from '../redis'
+import { directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from './queue-names'
 
 // KEYS: lease, line taken, line applied, BullMQ wait, active, delayed, prioritized.
-// ARGV: count, lease ms, token. Returns the first line number, or 0 (not now).
+// ARGV: count, lease ms, token, and the release of this API's last batch of the option
+// that it put off (its token and applied line, '' for none), done first.
+// Returns the first line number, or 0 (not now).
 const CLAIM = `
+if ARGV[4] ~= '' then
+  if ARGV[5] ~= '' and tonumber(ARGV[5]) > tonumber(redis.call('GET', KEYS[3]) or '0') then redis.call('SET', KEYS[3], ARGV[5]) end
+  if redis.call('GET', KEYS[1]) == ARGV[4] then redis.call('DEL', KEYS[1]) end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local taken = tonumber(redis.call('GET', KEYS[2]) or '0')
 local applied = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -31,15 +36,13 @@ local last = redis.call('INCRBY', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
 return last - tonumber(ARGV[1]) + 1`
 
-// KEYS: lease, line applied. ARGV: token, applied line ('' when the batch did not commit),
-// and a channel and message to publish ('' for none): one command for the whole release.
+// KEYS: lease, line applied. ARGV: token, applied line ('' when the batch did not commit).
 const RELEASE = `
 if ARGV[2] ~= '' then
   local current = tonumber(redis.call('GET', KEYS[2]) or '0')
   if tonumber(ARGV[2]) > current then redis.call('SET', KEYS[2], ARGV[2]) end
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 0`
 
 type ScriptCall = (...args: Array<string | number>) => Promise<unknown>
@@ -51,9 +54,15 @@ function script (redis: RedisClient, name: string, numberOfKeys: number, lua: st
   return async (...args) => await (commands[name] as ScriptCall).apply(redis, args)
 }
 
+/** A release put off until the option's next claim (api/purchasing/direct-sales.ts). */
+export interface PutOffRelease {
+  token: string
+  appliedLine: number | null
+}
+
 export interface DirectLeases {
-  claim: (ticketOptionId: string, count: number, leaseMs: number, token: string) => Promise<number | null>
-  release: (ticketOptionId: string, token: string, applied: Omit<AppliedMessage, 'type'> | null) => Promise<void>
+  claim: (ticketOptionId: string, count: number, leaseMs: number, token: string, release?: PutOffRelease) => Promise<number | null>
+  release: (ticketOptionId: string, token: string, appliedLine: number | null) => Promise<void>
   msLeft: (ticketOptionId: string) => Promise<number>
 }
 
@@ -62,24 +71,15 @@ export function directLeases (redis: RedisClient, prefix: string, keys: QueueKey
   const release = script(redis, 'ticketsReleaseDirectLease', 2, RELEASE)
   const queueKey = (ticketOptionId: string, type: string): string => keys.toKey(purchaseQueueName(ticketOptionId), type)
   return {
-    claim: async (ticketOptionId, count, leaseMs, token) => {
+    claim: async (ticketOptionId, count, leaseMs, token, release) => {
       const first = Number(await claim(
         directLeaseKey(prefix, ticketOptionId), lineTicketKey(prefix, ticketOptionId), lineAppliedKey(prefix, ticketOptionId),
         queueKey(ticketOptionId, 'wait'), queueKey(ticketOptionId, 'active'), queueKey(ticketOptionId, 'delayed'), queueKey(ticketOptionId, 'prioritized'),
-        count, leaseMs, token))
+        count, leaseMs, token, release?.token ?? '', release?.appliedLine ?? ''))
       return first > 0 ? first : null
     },
-    release: async (ticketOptionId, token, applied) => {
-      const keysAndLine = [directLeaseKey(prefix, ticketOptionId), lineAppliedKey(prefix, ticketOptionId), token, applied?.appliedLine ?? '']
-      const message = applied === null || applied.outcomes.length === 0 ? null : JSON.stringify({ type: 'applied', ...applied } satisfies AppliedMessage)
-      if (message === null) {
-        await release(...keysAndLine, '', '')
-      } else if (isCluster(redis)) {
-        // The sharded channel lives in another slot than the lease: two commands, sent together.
-        await Promise.all([release(...keysAndLine, '', ''), publishMessage(redis, purchaseOutcomesChannel(prefix), message)])
-      } else {
-        await release(...keysAndLine, purchaseOutcomesChannel(prefix), message)
-      }
+    release: async (ticketOptionId, token, appliedLine) => {
+      await release(directLeaseKey(prefix, ticketOptionId), lineAppliedKey(prefix, ticketOptionId), token, appliedLine ?? '')
     },
     msLeft: async (ticketOptionId) => {
       const ms = await redis.pttl(directLeaseKey(prefix, ticketOptionId))

@@ -7,6 +7,7 @@ import type { Job, Processor, Queue, Worker } from 'bullmq'
 import type { Config } from '../config'
 import type { DbClient } from '../db'
 import type { AppliedMessage, LineMessage } from '../purchases/purchase-outcomes'
+import type { PutOffRelease } from './direct-lease'
 
 export type QueueBackendKind = Config['queueBackend']
 
@@ -79,14 +80,15 @@ export interface QueueBackend {
    * Takes the option's direct lease for `leaseMs` and `count` consecutive
    * line numbers, when nothing of the option waits, runs or is delayed in its
    * queue and nobody holds the lease; the first number, or null (not now).
+   * `release`: a batch's release put off until now, done first (as releaseDirect without outcomes).
    */
-  claimDirect: (ticketOptionId: string, count: number, leaseMs: number, token: string) => Promise<number | null>
+  claimDirect: (ticketOptionId: string, count: number, leaseMs: number, token: string, release?: PutOffRelease) => Promise<number | null>
   /**
-   * Drops the lease if `token` still holds it. With `applied` (its batch
-   * committed) also advances the applied line and publishes the outcomes,
-   * as a worker's publishApplied does; one round trip.
+   * Drops the lease if `token` still holds it. With `appliedLine` (its batch
+   * committed) also advances the applied line; one round trip. The outcomes
+   * are published apart (publishApplied).
    */
-  releaseDirect: (ticketOptionId: string, token: string, applied: Omit<AppliedMessage, 'type'> | null) => Promise<void>
+  releaseDirect: (ticketOptionId: string, token: string, appliedLine: number | null) => Promise<void>
   /** How long the option's direct lease still lives (ms); 0 when nobody holds it. */
   directLeaseMs: (ticketOptionId: string) => Promise<number>
 

@@ -204,6 +204,61 @@ t.test('DirectSales: a release that fails still answers what committed; the leas
   t.equal(await redis.exists(directLeaseKey(prefix, id)), 0, 'until it expires')
 })
 
+/** A backend that records each claim's arguments and each release, and otherwise is the test's own. */
+function recording (backend: DirectSalesDeps['backend'], claimFails: (n: number) => boolean = () => false) {
+  const claims: Array<Parameters<DirectSalesDeps['backend']['claimDirect']>> = []
+  const releases: Array<Parameters<DirectSalesDeps['backend']['releaseDirect']>> = []
+  return {
+    claims,
+    releases,
+    backend: {
+      ...backend,
+      claimDirect: async (...args: Parameters<DirectSalesDeps['backend']['claimDirect']>) => {
+        claims.push(args)
+        if (claimFails(claims.length)) throw new Error('no Redis')
+        return await backend.claimDirect(...args)
+      },
+      releaseDirect: async (...args: Parameters<DirectSalesDeps['backend']['releaseDirect']>) => {
+        releases.push(args)
+        await backend.releaseDirect(...args)
+      },
+    },
+  }
+}
+
+t.test('DirectSales: a batch\'s release waits for the option\'s next claim, which does it first; alone, or on close, it goes by itself', async (t) => {
+  const { make, request, backend, redis, prefix, id, purchases } = await directSales(t)
+  const { claims, releases, backend: counted } = recording(backend)
+  const sales = make({ backend: counted, releasePutOffMs: 60_000 })
+  t.equal((await sales.apply(request())).kind, 'applied')
+  t.equal((await sales.apply(request())).kind, 'applied')
+  t.equal(claims[0]?.[4], undefined, 'the first claim had nothing to release')
+  t.same(claims[1]?.[4], { token: claims[0]?.[3], appliedLine: 1 }, 'the second claim released the first batch')
+  t.same(releases, [], 'no release of its own')
+  t.equal(await redis.exists(directLeaseKey(prefix, id)), 1, 'the second batch\'s lease is held meanwhile')
+  await sales.close()
+  t.same(releases, [[id, claims[1]?.[3], 2]], 'released on close')
+  t.same([await redis.exists(directLeaseKey(prefix, id)), await redis.get(lineAppliedKey(prefix, id))], [0, '2'], 'the lease is dropped, both lines applied')
+
+  const soon = recording(backend)
+  const alone = make({ backend: soon.backend, releasePutOffMs: 5 })
+  t.equal((await alone.apply(request())).kind, 'applied')
+  t.equal(await waitFor(async () => await redis.exists(directLeaseKey(prefix, id)), (n) => n === 0, 2000, 5), 0, 'with no next claim, released after the moment')
+  t.same(soon.releases, [[id, soon.claims[0]?.[3], 3]])
+  t.equal(await purchases(), 3)
+})
+
+t.test('DirectSales: a claim that fails while it carries a release put off sends that release on its own', async (t) => {
+  const { make, request, backend, redis, prefix, id } = await directSales(t)
+  const { claims, releases, backend: failing } = recording(backend, (n) => n === 2)
+  const sales = make({ backend: failing, releasePutOffMs: 60_000 })
+  t.equal((await sales.apply(request())).kind, 'applied')
+  t.same(await sales.apply(request()), { kind: 'declined' } satisfies DirectResult, 'the claim failed: queued instead')
+  t.same(claims[1]?.[4], { token: claims[0]?.[3], appliedLine: 1 })
+  t.same(releases, [[id, claims[0]?.[3], 1]], 'the first batch released on its own')
+  t.same([await redis.exists(directLeaseKey(prefix, id)), await redis.get(lineAppliedKey(prefix, id))], [0, '1'], 'its lease is dropped and its line applied')
+})
+
 t.test('DirectSales: requests gathered at once go in chunks of at most maxBatch; once one chunk is declined, so are the rest', async (t) => {
   const { make, request, purchases } = await directSales(t)
   const batches: Array<[string, number]> = []
