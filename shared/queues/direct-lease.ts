@@ -17,14 +17,19 @@ import type { QueueKeys } from 'bullmq'
 import type { RedisClient } from '../redis'
 import { directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from './queue-names'
 
+/** Lua: advance the applied line to `line` (unless '') and drop the lease if `token` still holds it. */
+function releaseLua (lease: string, applied: string, token: string, line: string): string {
+  return `
+if ${line} ~= '' and tonumber(${line}) > tonumber(redis.call('GET', ${applied}) or '0') then redis.call('SET', ${applied}, ${line}) end
+if redis.call('GET', ${lease}) == ${token} then redis.call('DEL', ${lease}) end`
+}
+
 // KEYS: lease, line taken, line applied, BullMQ wait, active, delayed, prioritized.
 // ARGV: count, lease ms, token, and the release of this API's last batch of the option
 // that it put off (its token and applied line, '' for none), done first.
 // Returns the first line number, or 0 (not now).
 const CLAIM = `
-if ARGV[4] ~= '' then
-  if ARGV[5] ~= '' and tonumber(ARGV[5]) > tonumber(redis.call('GET', KEYS[3]) or '0') then redis.call('SET', KEYS[3], ARGV[5]) end
-  if redis.call('GET', KEYS[1]) == ARGV[4] then redis.call('DEL', KEYS[1]) end
+if ARGV[4] ~= '' then ${releaseLua('KEYS[1]', 'KEYS[3]', 'ARGV[4]', 'ARGV[5]')}
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local taken = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -37,12 +42,7 @@ redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
 return last - tonumber(ARGV[1]) + 1`
 
 // KEYS: lease, line applied. ARGV: token, applied line ('' when the batch did not commit).
-const RELEASE = `
-if ARGV[2] ~= '' then
-  local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if tonumber(ARGV[2]) > current then redis.call('SET', KEYS[2], ARGV[2]) end
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+const RELEASE = `${releaseLua('KEYS[1]', 'KEYS[2]', 'ARGV[1]', 'ARGV[2]')}
 return 0`
 
 type ScriptCall = (...args: Array<string | number>) => Promise<unknown>
