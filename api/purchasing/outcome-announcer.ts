@@ -6,8 +6,9 @@
  * a single buyer about 0.15 ms of its 1 ms (measured in-process, 3,000
  * sequential purchases): every API, this one too, reads and parses every
  * message, on a machine the buyer's own round trips share. The line number
- * a batch applied is advanced in Redis at once by the lease's release; only
- * the news waits, and a waiter that misses it reads PostgreSQL.
+ * a batch applied is advanced in Redis by the lease's release (within a
+ * millisecond: direct-sales.ts putOffRelease); only the news waits, and a
+ * waiter that misses it reads PostgreSQL.
  */
 import type { Logger } from 'pino'
 import type { AppliedMessage } from '../../shared/purchases/purchase-outcomes'
