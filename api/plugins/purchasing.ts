@@ -14,6 +14,7 @@ import { createPool, type Db } from '../../shared/db'
 import { AT_ONCE_SESSION, recordedIds } from '../../shared/purchases/sale-store'
 import { openQueueBackend, type QueueBackend } from '../../shared/queues/queue-backend'
 import { GroupCommit } from '../../shared/purchases/group-commit'
+import { DirectFences } from '../purchasing/direct-fences'
 import { DirectSales } from '../purchasing/direct-sales'
 import { OutcomeWaiter } from '../purchasing/outcome-waiter'
 import { PurchaseQueues } from '../purchasing/purchase-queues'
@@ -71,6 +72,7 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     queues,
     waiter,
     line,
+    fences: new DirectFences(db, backend, log),
     waitMs: config.purchaseWaitMs,
     log,
     observer: app.metrics,

@@ -30,11 +30,17 @@
  * purchases goes at once when this API knows how the option stands (it left
  * it so, in its last committed batch): the claim first, then the whole
  * transaction in one round trip, decided before anything is read and written
- * only if the option is still so (sale-store.ts applyPurchasesAtOnce). A
- * single buyer then pays one Redis and one PostgreSQL round trip. When the
- * option changed meanwhile (another API or a worker sold), the batch goes
+ * only if the option is still so (sale-store.ts applyPurchasesAtOnce). When
+ * the option changed meanwhile (another API or a worker sold), the batch goes
  * the usual way, and the option does not go at once again for a while
  * (AT_ONCE_PAUSE_MS): it is shared.
+ *
+ * Such a batch that comes while this API still holds the option's lease from
+ * its last batch (the release put off) needs no claim: its statement also
+ * checks that no request queued under that lease (its fence: direct-fences.ts)
+ * and otherwise writes nothing, and the batch goes the usual way, behind them
+ * (applyOnHeldLease). A single buyer then pays one PostgreSQL round trip and
+ * no Redis one, as the direct design does.
  */
 import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
@@ -102,8 +108,8 @@ export class DirectSales {
   private readonly leftAs = new Map<string, OptionState>()
   /** Options that someone else sold from lately: until when they do not go at once. */
   private readonly sharedUntil = new Map<string, number>()
-  /** Releases put off until the option's next claim here, or until `due` (putOffRelease). */
-  private readonly putOff = new Map<string, PutOffRelease & { due: number }>()
+  /** Releases put off until the option's next claim here, or until `due` (putOffRelease); each lease held meanwhile. */
+  private readonly putOff = new Map<string, HeldLease>()
   private releaseTimer: NodeJS.Timeout | undefined
   /** A batch at once in flight: the next one goes with the group instead. */
   private atOnceInFlight = false
@@ -152,6 +158,8 @@ export class DirectSales {
   }
 
   private async applyBatch (ticketOptionId: string, requests: SaleRequest[]): Promise<DirectResult[]> {
+    const onHeldLease = await this.applyOnHeldLease(ticketOptionId, requests)
+    if (onHeldLease !== null) return onHeldLease
     const { backend, leaseMs, log } = this.deps
     const token = randomUUID()
     // Measured from before the claim is sent, so never shorter than what Redis counts.
@@ -186,10 +194,52 @@ export class DirectSales {
     }
     if (committed === null) return declined()
     this.declinedLately.delete(ticketOptionId)
+    this.putOffRelease(ticketOptionId, { token, appliedLine: committed.message.appliedLine, claimedAt: started })
+    return this.answered(ticketOptionId, committed)
+  }
+
+  /**
+   * A lone batch of purchases on the lease this API still holds from the
+   * option's last batch (its release put off): no claim, one statement,
+   * which writes nothing once a request has queued under the lease
+   * (direct-fences.ts), so none is passed. The lease is used so for a quarter
+   * of its time at most: the statement still has a quarter to take the row
+   * lock before half the lease is gone (the fence a worker relies on). Null
+   * when the batch was not applied so: it goes the usual way, whose claim
+   * carries the release.
+   */
+  private async applyOnHeldLease (ticketOptionId: string, requests: SaleRequest[]): Promise<DirectResult[] | null> {
+    const held = this.putOff.get(ticketOptionId)
+    if (held === undefined || performance.now() - held.claimedAt > this.deps.leaseMs / 4) return null
+    const expected = this.atOnceState(ticketOptionId, requests)
+    if (expected === null) return null
+    // Out of the map meanwhile: the timer must not release the lease under the statement.
+    this.takePutOffRelease(ticketOptionId)
+    let committed: Committed | 'stale' | 'fenced' | 'failed'
+    this.atOnceInFlight = true
+    try {
+      committed = await this.statementAtOnce(ticketOptionId, requests as PurchaseRequest[], expected, held.claimedAt, held.token)
+    } catch (err) {
+      // Late, or PostgreSQL failed: the usual way decides, and finds the batch recorded if it was.
+      this.deps.log.warn({ err, ticketOptionId }, 'direct batch on a held lease failed; claiming')
+      committed = 'failed'
+    } finally {
+      this.atOnceInFlight = false
+    }
+    if (typeof committed === 'string') {
+      this.putOff.set(ticketOptionId, held)
+      return null
+    }
+    this.putOffRelease(ticketOptionId, held)
+    return this.answered(ticketOptionId, committed)
+  }
+
+  /** A committed batch: its outcomes announced, counted, logged and answered. */
+  private answered (ticketOptionId: string, committed: Committed): DirectResult[] {
+    const { log } = this.deps
     const { batch, message: applied } = committed
     // The outcomes are announced with others of these milliseconds; the line advances with the release.
     this.announcer.add(applied)
-    this.putOffRelease(ticketOptionId, { token, appliedLine: applied.appliedLine })
     this.deps.onBatch?.('applied', batch.length)
     const byId = new Map(applied.outcomes.map((o) => [o.id, o]))
     if (this.logsEach) {
@@ -253,32 +303,45 @@ export class DirectSales {
    * the row lock came too late.
    */
   private async commitAtOnce (ticketOptionId: string, requests: PurchaseRequest[], expected: OptionState, started: number, claiming: Promise<number | null>): Promise<Committed | null | 'stale'> {
-    const { atOnce, leaseMs } = this.deps
     this.atOnceInFlight = true
     try {
       // Nothing is sent before the claim is granted: the statement commits on its own.
       const first = await claiming
       if (first === null) return null
-      const batch = numberedFrom(requests, first)
-      const [head] = batch as [PurchaseRequest]
-      return await inTransactionSpan(head, async (span) => {
-        const startTime = Date.now()
-        // PostgreSQL measures from the statement's start; what went before it is taken off here.
-        const result = await applyPurchasesAtOnce(atOnce as Db, ticketOptionId, batch, expected, leaseMs / 2 - (performance.now() - started))
-        if (result.kind === 'late') throw new LeaseRunningOutError('the option\'s row was locked after half the direct lease')
-        if (result.kind === 'stale') {
-          this.remember(ticketOptionId, result.found)
-          this.sharedUntil.set(ticketOptionId, performance.now() + AT_ONCE_PAUSE_MS)
-          return 'stale'
-        }
-        this.remember(ticketOptionId, result.after)
-        const committed = appliedBatch(ticketOptionId, batch, result.outcomes)
-        transactionCommitted(span, head, batch, result.outcomes, result.outcomes.map(outcomeStatus), startTime)
-        return committed
-      })
+      const committed = await this.statementAtOnce(ticketOptionId, numberedFrom(requests, first), expected, started, null)
+      // Only a batch on a held lease can find its fence up.
+      return committed === 'fenced' ? 'stale' : committed
     } finally {
       this.atOnceInFlight = false
     }
+  }
+
+  /**
+   * The statement of a batch at once (applyPurchasesAtOnce) on the lease
+   * claimed at `started` (`fencedBy`: its token, when the lease is held from
+   * an earlier batch). 'stale': the option was not as expected; 'fenced': a
+   * request queued under the lease; nothing written either way. Throws
+   * LeaseRunningOutError (nothing written) when the row lock came too late.
+   */
+  private async statementAtOnce (ticketOptionId: string, batch: PurchaseRequest[], expected: OptionState, started: number, fencedBy: string | null): Promise<Committed | 'stale' | 'fenced'> {
+    const { atOnce, leaseMs } = this.deps
+    const [head] = batch as [PurchaseRequest]
+    return await inTransactionSpan(head, async (span) => {
+      const startTime = Date.now()
+      // PostgreSQL measures from the statement's start; what went before it is taken off here.
+      const result = await applyPurchasesAtOnce(atOnce as Db, ticketOptionId, batch, expected, leaseMs / 2 - (performance.now() - started), fencedBy)
+      if (result.kind === 'late') throw new LeaseRunningOutError('the option\'s row was locked after half the direct lease')
+      if (result.kind === 'fenced') return 'fenced'
+      if (result.kind === 'stale') {
+        this.remember(ticketOptionId, result.found)
+        this.sharedUntil.set(ticketOptionId, performance.now() + AT_ONCE_PAUSE_MS)
+        return 'stale'
+      }
+      this.remember(ticketOptionId, result.after)
+      const committed = appliedBatch(ticketOptionId, batch, result.outcomes)
+      transactionCommitted(span, head, batch, result.outcomes, result.outcomes.map(outcomeStatus), startTime)
+      return committed
+    })
   }
 
   /**
@@ -287,9 +350,9 @@ export class DirectSales {
    * comes back at once costs Redis one round trip, not two. Meanwhile the
    * lease is held (others queue, a worker waits), as during a batch.
    */
-  private putOffRelease (ticketOptionId: string, release: PutOffRelease): void {
+  private putOffRelease (ticketOptionId: string, lease: Omit<HeldLease, 'due'>): void {
     const putOffMs = this.deps.releasePutOffMs ?? RELEASE_PUT_OFF_MS
-    this.putOff.set(ticketOptionId, { ...release, due: performance.now() + putOffMs })
+    this.putOff.set(ticketOptionId, { token: lease.token, appliedLine: lease.appliedLine, claimedAt: lease.claimedAt, due: performance.now() + putOffMs })
     if (this.releaseTimer === undefined) this.armReleaseTimer(putOffMs)
   }
 
@@ -361,6 +424,14 @@ export class DirectSales {
     this.deps.onBatch?.('queued', batch.length)
     return batch.map((r) => ({ kind: 'queued', line: r.line as number }))
   }
+}
+
+/** A lease this API holds after a committed batch, its release put off (putOffRelease). */
+interface HeldLease extends PutOffRelease {
+  /** when its claim was sent (performance.now()) */
+  claimedAt: number
+  /** when the release goes out unless a claim here carries it first */
+  due: number
 }
 
 /** A committed direct batch: its requests with their line numbers, and the message that tells the APIs. */

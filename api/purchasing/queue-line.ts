@@ -35,6 +35,13 @@ export interface LineSnapshot {
   estimated_wait_ms: number | null
 }
 
+/** A request's number in its option's line, taken before its job is added. */
+export interface LineTicket {
+  ticket: number
+  /** a direct lease whose fence must be up before the add (direct-fences.ts), or null */
+  unfencedLease: string | null
+}
+
 interface OptionLine {
   /** highest number applied; null until read or heard */
   applied: number | null
@@ -47,12 +54,12 @@ interface OptionLine {
 
 export class QueueLine {
   private readonly lines = new Map<string, OptionLine>()
-  private readonly takes: BatchedCalls<undefined, number>
+  private readonly takes: BatchedCalls<undefined, LineTicket>
 
   constructor (private readonly backend: Pick<QueueBackend, 'takeLineNumbers' | 'readLine'>, private readonly capacity = 10_000) {
     this.takes = new BatchedCalls(async (ticketOptionId, takers) => {
-      const last = await this.backend.takeLineNumbers(ticketOptionId, takers.length)
-      return takers.map((_taker, i) => last - takers.length + 1 + i)
+      const { last, unfencedLease } = await this.backend.takeLineNumbers(ticketOptionId, takers.length)
+      return takers.map((_taker, i) => ({ ticket: last - takers.length + 1 + i, unfencedLease }))
     })
   }
 
@@ -78,7 +85,7 @@ export class QueueLine {
    * in the order they asked (batched-calls.ts): in a sale the line costs one
    * command per batch, not one per buyer, and numbers follow the order asked.
    */
-  async take (ticketOptionId: string): Promise<number> {
+  async take (ticketOptionId: string): Promise<LineTicket> {
     return await this.takes.call(ticketOptionId, undefined)
   }
 

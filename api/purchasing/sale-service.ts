@@ -22,6 +22,7 @@ import {
 import { currentTraceContext, inSpan, PurchaseAttribute, PurchaseSpan, requestAttributes } from '../../shared/telemetry/purchase-spans'
 import { createTicketOption, ticketOptionLimits, type NewTicketOption, type TicketOption, type TicketOptionLimits } from '../../shared/ticket-options'
 import { KnownOptions } from './known-options'
+import type { DirectFences } from './direct-fences'
 import type { DirectSales } from './direct-sales'
 import type { OutcomeWaiter } from './outcome-waiter'
 import type { PurchaseQueues } from './purchase-queues'
@@ -84,6 +85,8 @@ export interface SaleServiceDeps {
   waiter: OutcomeWaiter
   /** each option's line: numbers at enqueue, positions and estimated waits */
   line: QueueLine
+  /** raised before a request is queued while an API holds its option's direct lease (any API may hold it) */
+  fences: DirectFences
   waitMs: number
   log: Logger
   /** hours an Idempotency-Key is remembered */
@@ -204,8 +207,12 @@ export class SaleService {
       if (slot === null) throw new QueueFullError()
       try {
         // Its number in the option's line; nothing is queued when Redis cannot hand one out.
-        const ticket = await line.take(request.ticketOptionId).catch((err: unknown) => { throw new NothingQueuedError('no line number', { cause: err }) })
+        const { ticket, unfencedLease } = await line.take(request.ticketOptionId).catch((err: unknown) => { throw new NothingQueuedError('no line number', { cause: err }) })
         span?.setAttribute(PurchaseAttribute.line, ticket)
+        if (unfencedLease !== null) {
+          // An API holds the option's direct lease: it must not apply a later purchase before this one.
+          await this.deps.fences.raise(request.ticketOptionId, unfencedLease).catch((err: unknown) => { throw new NothingQueuedError('the direct lease could not be fenced', { cause: err }) })
+        }
         try {
           await queues.enqueue({ ...request, line: ticket })
         } catch (err) {

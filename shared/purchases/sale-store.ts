@@ -219,6 +219,8 @@ export type AtOnceResult =
   | { kind: 'stale', found: OptionState }
   /** nothing written: the row lock came later than `lockWithinMs` */
   | { kind: 'late' }
+  /** nothing written: the fence of the lease `fencedBy` is up (a request queued under it) */
+  | { kind: 'fenced' }
 
 /**
  * Session settings of the connection applyPurchasesAtOnce runs on (libpq
@@ -232,8 +234,10 @@ export const AT_ONCE_SESSION = '-c plan_cache_mode=force_generic_plan -c enable_
  * this process last left it) before anything is read, then written only if
  * the option's row, once locked, is still as expected (nobody else sold
  * since) and the lock came within `lockWithinMs` of the statement's start
- * (the direct lease's fence, on PostgreSQL's clock); otherwise nothing is
- * written. One round trip, as the direct design's purchase, where
+ * (the direct lease's fence, on PostgreSQL's clock) and, for a batch on a
+ * lease held from an earlier batch (`fencedBy`, its token), no request was
+ * queued under that lease (api/purchasing/direct-fences.ts); otherwise nothing
+ * is written. One round trip, as the direct design's purchase, where
  * applySaleBatch needs three (lock and reads, write, commit).
  *
  * Correct under concurrency because `for update` returns the row as the
@@ -242,7 +246,7 @@ export const AT_ONCE_SESSION = '-c plan_cache_mode=force_generic_plan -c enable_
  * changed (the purchase ids are new). Runs on a connection with
  * AT_ONCE_SESSION, so its plan is made once, by index.
  */
-export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requests: readonly PurchaseRequest[], expected: OptionState, lockWithinMs: number): Promise<AtOnceResult> {
+export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requests: readonly PurchaseRequest[], expected: OptionState, lockWithinMs: number, fencedBy: string | null = null): Promise<AtOnceResult> {
   if (requests.length === 0 || requests.some((r) => r.ticketOptionId !== ticketOptionId)) throw new Error('a batch must hold requests of one option')
   // Usage would need a read before deciding: an option with a per-user limit takes applySaleBatch.
   if (expected.maxPerUser !== null) throw new Error('a batch decided at once needs an option without a per-user limit')
@@ -253,14 +257,17 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
     return d.kind === 'purchase' ? [{ request, status: d.status, ...refusalColumns(d) }] : []
   })
   // One row per purchase written, each beside the option's row as locked; one row with the purchase's columns null when nothing was.
-  const { rows } = await db.query<LockedOption & PurchaseRecord>({
+  const { rows } = await db.query<LockedOption & { fence_up: boolean } & PurchaseRecord>({
     name: 'sale-purchases-at-once',
     text: `with locked as (
        select allocation, held, max_per_purchase, max_per_user from ticket_options where id = $1::uuid for update
+     ), fence as (
+       select exists (select 1 from direct_fences where ticket_option_id = $1::uuid and token = $17::text) as up
      ), guard as (
        select allocation = $11::integer and held = $12::integer
               and max_per_purchase is not distinct from $13::integer and max_per_user is null
-              and clock_timestamp() - transaction_timestamp() < $14::integer * interval '1 millisecond' as ok
+              and clock_timestamp() - transaction_timestamp() < $14::integer * interval '1 millisecond'
+              and not (select up from fence) as ok
          from locked
      ), new_purchases as (
        insert into purchases (id, ticket_option_id, user_id, quantity, status, reason, available, used, request_id, enqueued_at)
@@ -274,25 +281,26 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
        update ticket_options set allocation = $15::integer, held = $16::integer, updated_at = now()
         where id = $1::uuid and (select ok from guard) and (allocation <> $15::integer or held <> $16::integer)
      )
-     select l.*, p.* from locked l left join new_purchases p on true`,
+     select l.*, (select up from fence) as fence_up, p.* from locked l left join new_purchases p on true`,
     values: [
       ticketOptionId,
       purchases.map((p) => p.request.purchaseId), purchases.map((p) => p.request.userId), purchases.map((p) => p.request.quantity), purchases.map((p) => p.status),
       purchases.map((p) => p.reason), purchases.map((p) => p.available), purchases.map((p) => p.used), purchases.map((p) => p.request.requestId),
       purchases.map((p) => p.request.enqueuedAt),
       expected.available, expected.held, expected.maxPerPurchase, Math.floor(lockWithinMs),
-      available, held,
+      available, held, fencedBy,
     ],
   })
   const [first] = rows
   if (first === undefined) throw new UnknownTicketOptionError(`ticket option ${ticketOptionId} does not exist`)
   if (first.id === null) {
+    if (first.fence_up) return { kind: 'fenced' }
     const found = stateOf(first)
     const asExpected = found.available === expected.available && found.held === expected.held && found.maxPerPurchase === expected.maxPerPurchase && found.maxPerUser === null
     return asExpected ? { kind: 'late' } : { kind: 'stale', found }
   }
   // The option's columns share no name with a purchase's.
-  const byId = new Map(rows.map(({ allocation: _a, held: _h, max_per_purchase: _p, max_per_user: _u, ...record }) => [record.id, record]))
+  const byId = new Map(rows.map(({ allocation: _a, held: _h, max_per_purchase: _p, max_per_user: _u, fence_up: _f, ...record }) => [record.id, record]))
   return { kind: 'applied', outcomes: requests.map((r) => byId.get(r.purchaseId) as PurchaseRecord), after: { ...expected, available, held } }
 }
 

@@ -1,21 +1,24 @@
 /**
  * An option's direct lease on Redis (api/purchasing/direct-sales.ts explains
- * the direct path). Three scripts, each on keys of the option's hash slot
- * only, so they run on one node of a Redis Cluster too:
+ * the direct path). Scripts on keys of the option's hash slot only, so they
+ * run on one node of a Redis Cluster too:
  * - claim: when nothing of the option waits, runs or is delayed in its queue,
  *   no line number is taken and not applied, and nobody holds the lease, take
  *   `count` line numbers and the lease for `leaseMs`;
  * - release: after the batch, advance the applied line (when it committed)
  *   and drop the lease if it is still ours (the outcomes are announced apart:
  *   api/purchasing/outcome-announcer.ts);
- * - the worker's read of how long the lease still lives (PTTL).
+ * - the worker's read of how long the lease still lives (PTTL);
+ * - a queued request's line number, with the token of a lease that lives and
+ *   whose fence is not up yet (api/purchasing/direct-fences.ts), and the mark
+ *   that it is up.
  * Invariant 4 rests on the claim's check: a worker holds an option's job
  * `active` for the whole of its batch, so no lease is granted while a batch
  * runs, and a worker waits for a lease to end before it starts one.
  */
 import type { QueueKeys } from 'bullmq'
 import type { RedisClient } from '../redis'
-import { directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from './queue-names'
+import { directFenceKey, directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from './queue-names'
 
 /** Lua: advance the applied line to `line` (unless '') and drop the lease if `token` still holds it. */
 function releaseLua (lease: string, applied: string, token: string, line: string): string {
@@ -45,6 +48,20 @@ return last - tonumber(ARGV[1]) + 1`
 const RELEASE = `${releaseLua('KEYS[1]', 'KEYS[2]', 'ARGV[1]', 'ARGV[2]')}
 return 0`
 
+// KEYS: line taken, lease, fence. ARGV: count.
+// Returns the last number taken, and the lease's token when a lease lives and its fence is not up ('' otherwise).
+const TAKE_LINE = `
+local last = redis.call('INCRBY', KEYS[1], ARGV[1])
+local lease = redis.call('GET', KEYS[2])
+if lease and lease ~= redis.call('GET', KEYS[3]) then return {last, lease} end
+return {last, ''}`
+
+// KEYS: lease, fence. ARGV: token. The mark lives as long as the lease it is for.
+const MARK_FENCED = `
+local ms = redis.call('PTTL', KEYS[1])
+if ms > 0 and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[1], 'PX', ms) end
+return 0`
+
 type ScriptCall = (...args: Array<string | number>) => Promise<unknown>
 
 /** Defines the script once per connection (ioredis then sends EVALSHA, and the script only when Redis lacks it). */
@@ -64,11 +81,23 @@ export interface DirectLeases {
   claim: (ticketOptionId: string, count: number, leaseMs: number, token: string, release?: PutOffRelease) => Promise<number | null>
   release: (ticketOptionId: string, token: string, appliedLine: number | null) => Promise<void>
   msLeft: (ticketOptionId: string) => Promise<number>
+  takeLine: (ticketOptionId: string, count: number) => Promise<TakenLine>
+  markFenced: (ticketOptionId: string, token: string) => Promise<void>
+}
+
+/** Line numbers taken for requests about to be queued. */
+export interface TakenLine {
+  /** the last number taken */
+  last: number
+  /** the token of the option's direct lease, when one lives and its fence is not up: raise it before the add */
+  unfencedLease: string | null
 }
 
 export function directLeases (redis: RedisClient, prefix: string, keys: QueueKeys): DirectLeases {
   const claim = script(redis, 'ticketsClaimDirectLease', 7, CLAIM)
   const release = script(redis, 'ticketsReleaseDirectLease', 2, RELEASE)
+  const takeLine = script(redis, 'ticketsTakeLine', 3, TAKE_LINE)
+  const markFenced = script(redis, 'ticketsMarkFenced', 2, MARK_FENCED)
   const queueKey = (ticketOptionId: string, type: string): string => keys.toKey(purchaseQueueName(ticketOptionId), type)
   return {
     claim: async (ticketOptionId, count, leaseMs, token, release) => {
@@ -85,6 +114,13 @@ export function directLeases (redis: RedisClient, prefix: string, keys: QueueKey
       const ms = await redis.pttl(directLeaseKey(prefix, ticketOptionId))
       // -2: no lease; -1 (no expiry) cannot be set by the claim, but must not be read as none.
       return ms === -2 ? 0 : Math.max(ms, 1)
+    },
+    takeLine: async (ticketOptionId, count) => {
+      const [last, lease] = await takeLine(lineTicketKey(prefix, ticketOptionId), directLeaseKey(prefix, ticketOptionId), directFenceKey(prefix, ticketOptionId), count) as [number, string]
+      return { last: Number(last), unfencedLease: lease === '' ? null : lease }
+    },
+    markFenced: async (ticketOptionId, token) => {
+      await markFenced(directLeaseKey(prefix, ticketOptionId), directFenceKey(prefix, ticketOptionId), token)
     },
   }
 }

@@ -342,8 +342,9 @@ export function openPostgresQueueBackend (config: Config, log: Logger, role: Que
         insert into queue_line_taken (ticket_option_id, taken) values ($1, $2)
         on conflict (ticket_option_id) do update set taken = queue_line_taken.taken + excluded.taken
         returning taken`, [ticketOptionId, count])
-      return Number(rows[0]?.taken)
+      return { last: Number(rows[0]?.taken), unfencedLease: null }
     },
+    markFenced: async () => {},
     readLine: async (ticketOptionId) => {
       const { rows } = await pool.query<{ taken: string | null, applied: string | null }>(`
         select (select taken from queue_line_taken where ticket_option_id = $1) as taken,

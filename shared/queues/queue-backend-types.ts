@@ -7,7 +7,7 @@ import type { Job, Processor, Queue, Worker } from 'bullmq'
 import type { Config } from '../config'
 import type { DbClient } from '../db'
 import type { AppliedMessage, LineMessage } from '../purchases/purchase-outcomes'
-import type { PutOffRelease } from './direct-lease'
+import type { PutOffRelease, TakenLine } from './direct-lease'
 
 export type QueueBackendKind = Config['queueBackend']
 
@@ -118,8 +118,14 @@ export interface QueueBackend {
   /** A batch has started (best effort). */
   publishApplying: (ticketOptionId: string, applyingLine: number) => Promise<void>
 
-  /** Takes `count` consecutive line numbers of the option; returns the last. */
-  takeLineNumbers: (ticketOptionId: string, count: number) => Promise<number>
+  /**
+   * Takes `count` consecutive line numbers of the option: the last, and the
+   * token of a direct lease whose fence the requests must raise before they
+   * are added (api/purchasing/direct-fences.ts; always null without direct purchases).
+   */
+  takeLineNumbers: (ticketOptionId: string, count: number) => Promise<TakenLine>
+  /** The fence of the option's direct lease `token` is up: later takes need not raise it (until the lease ends). */
+  markFenced: (ticketOptionId: string, token: string) => Promise<void>
   /** The option's last line number taken and last applied (0 when none). */
   readLine: (ticketOptionId: string) => Promise<{ taken: number, applied: number }>
 

@@ -56,3 +56,12 @@ export function bundleMembersKey (prefix: string, ticketOptionId: string): strin
 export function directLeaseKey (prefix: string, ticketOptionId: string): string {
   return `${prefix}:direct-lease:{${ticketOptionId}}`
 }
+
+/**
+ * The token of the direct lease whose fence is up (api/purchasing/direct-fences.ts):
+ * a request queued while that lease lived has recorded it in PostgreSQL, so
+ * later ones need not. Lives no longer than the lease; in the option's hash slot.
+ */
+export function directFenceKey (prefix: string, ticketOptionId: string): string {
+  return `${prefix}:direct-fence:{${ticketOptionId}}`
+}

@@ -113,7 +113,8 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     publishApplied: async (message) => { await publishApplied(connection, prefix, message) },
     publishApplying: async (ticketOptionId, applyingLine) => { await publishApplying(connection, prefix, ticketOptionId, applyingLine) },
 
-    takeLineNumbers: async (ticketOptionId, count) => await connection.incrby(lineTicketKey(prefix, ticketOptionId), count),
+    takeLineNumbers: leases.takeLine,
+    markFenced: leases.markFenced,
     readLine: async (ticketOptionId) => {
       const [taken, applied] = await connection.mget(lineTicketKey(prefix, ticketOptionId), lineAppliedKey(prefix, ticketOptionId))
       return { taken: Number(taken ?? 0), applied: Number(applied ?? 0) }

@@ -6,6 +6,7 @@
 import t from 'tap'
 import pino from 'pino'
 import { PurchaseQueues } from '../../api/purchasing/purchase-queues'
+import { DirectFences } from '../../api/purchasing/direct-fences'
 import { SaleService } from '../../api/purchasing/sale-service'
 import { COUNT_MAX_AGE_MS, QueueBackpressure } from '../../api/purchasing/queue-backpressure'
 import { purchaseQueueName } from '../../shared/queues/queue-names'
@@ -89,7 +90,7 @@ t.test('Redis down: purchases answer 503 within a second, reads and creates stil
   const queues = new PurchaseQueues(app.queueBackend, pino({ level: 'silent' }))
   t.teardown(async () => { await queues.close() })
   const uncapped = new SaleService({
-    db: app.db, queues, waiter: app.outcomeWaiter, line: app.queueLine, waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24,
+    db: app.db, queues, waiter: app.outcomeWaiter, line: app.queueLine, fences: new DirectFences(app.db, app.queueBackend, pino({ level: 'silent' })), waitMs: 2000, log: pino({ level: 'silent' }), idempotencyKeyTtlHours: 24,
   })
   const voidedCount = async (): Promise<number> => (await sql.query("select count(*)::int as n from purchases where ticket_option_id = $1 and reason = 'not_queued'", [id])).rows[0].n
   const voidedBefore = await voidedCount()

@@ -13,7 +13,7 @@ import { DirectSales, LeaseRunningOutError, type DirectResult, type DirectSalesD
 import { GroupCommit } from '../../shared/purchases/group-commit'
 import type { LineMessage } from '../../shared/purchases/purchase-outcomes'
 import type { PurchaseRequest } from '../../shared/purchases/sale-request'
-import { directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from '../../shared/queues/queue-names'
+import { directFenceKey, directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from '../../shared/queues/queue-names'
 import { createPool, withTransaction } from '../../shared/db'
 import { applySaleBatch, AT_ONCE_SESSION } from '../../shared/purchases/sale-store'
 import { createTicketOption } from '../../shared/ticket-options'
@@ -357,4 +357,87 @@ t.test('DirectSales: an option with a per-user limit, and a batch that is not on
   t.match(hold, { kind: 'applied', outcome: { status: 'held' } })
   t.equal(counted.usual, 5, 'a hold too')
   t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('DirectSales: a lone batch of purchases on the lease still held from the option\'s last batch needs no claim; after a quarter of the lease, it claims again', async (t) => {
+  const { make, request, purchases, db, config, sql, id, redis, prefix, backend } = await directSales(t)
+  const { atOnce, transactions, counted } = atOnceParts(t, db, config.databaseUrl)
+  const { claims, releases, backend: recorded } = recording(backend)
+  const sales = make({ atOnce, transactions, backend: recorded, releasePutOffMs: 60_000, leaseMs: 400 })
+  t.equal((await sales.apply(request())).kind, 'applied')
+  t.equal((await sales.apply(request())).kind, 'applied')
+  t.equal((await sales.apply(request())).kind, 'applied')
+  t.equal(claims.length, 1, 'one claim for three batches')
+  t.equal(counted.usual, 1, 'the first went the usual way, the next two at once')
+  t.equal(await redis.get(directLeaseKey(prefix, id)), claims[0]?.[3], 'on the first claim\'s lease, held meanwhile')
+  await sleep(120) // past a quarter of the lease
+  t.equal((await sales.apply(request())).kind, 'applied')
+  t.equal(claims.length, 2, 'then a claim again')
+  t.same(claims[1]?.[4], { token: claims[0]?.[3], appliedLine: 1 }, 'which carried the first lease\'s release')
+  t.same(releases, [])
+  t.equal(await purchases(), 4)
+  t.equal(await redis.get(lineTicketKey(prefix, id)), '2', 'a line number per claim: the batches on a held lease took none')
+  t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('DirectSales: a request queued while another API holds the lease from its last batch raises the fence; that API\'s next purchase then queues behind it', async (t) => {
+  const { make, request, purchases, db, config, sql, id, redis, prefix, backend, app } = await directSales(t)
+  const { atOnce, transactions } = atOnceParts(t, db, config.databaseUrl)
+  const { claims, backend: recorded } = recording(backend)
+  // A lease long enough that its holder would use it for the third purchase, were the fence not up.
+  const holder = make({ atOnce, transactions, backend: recorded, releasePutOffMs: 60_000, leaseMs: 60_000 })
+  t.equal((await holder.apply(request())).kind, 'applied')
+  t.equal((await holder.apply(request())).kind, 'applied')
+  t.equal(claims.length, 1, 'the second went on the lease still held')
+  const token = claims[0]?.[3]
+
+  // A buyer on another API meets that lease: its purchase is queued, once the fence is up.
+  const queued = await app.inject({ method: 'POST', url: `/ticket_options/${id}/purchases`, payload: { quantity: 1, user_id: USER }, headers: { prefer: 'respond-async' } })
+  t.equal(queued.statusCode, 202)
+  t.same((await sql.query('select token from direct_fences where ticket_option_id = $1', [id])).rows, [{ token }], 'the fence of that lease is up')
+  t.equal(await waitFor(async () => await redis.get(directFenceKey(prefix, id)), (v) => v === token), token, 'and marked in Redis')
+  t.same(await backend.takeLineNumbers(id, 0), { last: 2, unfencedLease: null }, 'so later requests need not raise it again')
+
+  t.same(await holder.apply(request()), { kind: 'declined' } satisfies DirectResult, 'the holder\'s next purchase does not pass the queued one: it queues behind it')
+  t.equal(claims.length, 2, 'it asked Redis')
+  t.same(claims[1]?.[4], { token, appliedLine: 1 }, 'with the release of its lease')
+  t.equal(await redis.exists(directLeaseKey(prefix, id)), 0, 'the lease is dropped, so a worker can apply the line')
+  t.equal(await purchases(), 2, 'only the two applied before the queued one')
+})
+
+t.test('DirectSales: a batch on a held lease whose row lock comes too late writes nothing and goes the usual way, with a claim', async (t) => {
+  const { make, request, purchases, db, config, sql, id, backend } = await directSales(t)
+  const { atOnce, transactions, counted } = atOnceParts(t, db, config.databaseUrl)
+  const { claims, backend: recorded } = recording(backend)
+  const sales = make({ atOnce, transactions, backend: recorded, releasePutOffMs: 60_000, leaseMs: 400 })
+  t.equal((await sales.apply(request())).kind, 'applied')
+
+  const blocker = await sql.connect()
+  t.teardown(() => { blocker.release() })
+  await blocker.query('begin')
+  await blocker.query('select 1 from ticket_options where id = $1 for update', [id])
+  const late = sales.apply(request())
+  await sleep(300) // past half the lease
+  await blocker.query('commit')
+  t.equal((await late).kind, 'applied', 'applied the usual way')
+  t.equal(claims.length, 2, 'after a claim')
+  t.same(claims[1]?.[4], { token: claims[0]?.[3], appliedLine: 1 }, 'which carried the held lease\'s release')
+  t.equal(counted.usual, 1, 'at once, under the new lease')
+  t.equal(await purchases(), 2, 'written once')
+  t.same(await unbalancedOptions(sql), [])
+})
+
+t.test('a request queued while an API holds the option\'s lease, whose fence cannot be recorded: 503, and nothing is queued', async (t) => {
+  const { app, redis, prefix, sql, openQueues } = await setUp(t, { worker: false })
+  const id = await createOption(app, 5)
+  await redis.set(directLeaseKey(prefix, id), 'another-api', 'PX', 60_000)
+  await sql.query('drop table direct_fences')
+  const res = await buy(app, id)
+  t.equal(res.statusCode, 503)
+  t.match(res.json(), { code: 'SERVICE_UNAVAILABLE' })
+  const queues = openQueues()
+  const queue = queues.createQueue(purchaseQueueName(id))
+  t.teardown(async () => { await queue.close() })
+  t.same(await queues.waitingData(queue, 10), [], 'nothing queued')
+  t.equal(await redis.get(directFenceKey(prefix, id)), null, 'nor marked as fenced')
 })

@@ -172,6 +172,21 @@ t.test('a batch at once: decided from the expected option, written with one stat
   await t.rejects(applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 7)], { ...expected, maxPerUser: 2 }, 2000), /per-user limit/, 'an option with a per-user limit needs its usage read first')
 })
 
+t.test('a batch at once on a lease held from an earlier batch writes nothing once a request has queued under that lease (its fence is up)', async (t) => {
+  const { config, sql } = await createTestEnvironment(t)
+  const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION)
+  t.teardown(async () => { await db.end() })
+  const option = await createTicketOption(sql, { name: 'fenced', desc: '', allocation: 5, maxPerPurchase: null, maxPerUser: null })
+  const expected = { available: 5, held: 0, maxPerPurchase: null, maxPerUser: null }
+  await sql.query('insert into direct_fences (ticket_option_id, token) values ($1, $2)', [option.id, 'lease-a'])
+
+  t.same(await applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 1)], expected, 2000, 'lease-a'), { kind: 'fenced' }, 'its own lease\'s fence is up')
+  t.same((await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])).rows[0], { allocation: 5, purchases: 0 }, 'nothing written')
+  t.match(await applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 2)], expected, 2000, 'lease-b'), { kind: 'applied', after: { available: 4 } }, 'an earlier lease\'s fence does not stop a later lease')
+  t.match(await applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 3)], { ...expected, available: 4 }, 2000), { kind: 'applied', after: { available: 3 } }, 'nor a batch on a lease just claimed')
+  t.same(await unbalancedOptions(sql), [])
+})
+
 t.test('a batch at once that waits for the option\'s lock checks the row as its holder committed it, and writes nothing when the lock came too late', async (t) => {
   const { config, sql } = await createTestEnvironment(t)
   const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION)
