@@ -297,6 +297,18 @@ function atOnceParts (t: Test, db: ReturnType<typeof createPool>, databaseUrl: s
   return { atOnce, transactions, counted }
 }
 
+/** Runs `work` while another transaction holds the option's row lock, for `ms`; its result once the lock is let go. */
+async function whileRowLocked<T> (t: Test, sql: ReturnType<typeof createPool>, id: string, ms: number, work: () => Promise<T>): Promise<T> {
+  const blocker = await sql.connect()
+  t.teardown(() => { blocker.release() })
+  await blocker.query('begin')
+  await blocker.query('select 1 from ticket_options where id = $1 for update', [id])
+  const result = work()
+  await sleep(ms)
+  await blocker.query('commit')
+  return await result
+}
+
 t.test('DirectSales: a lone batch of purchases goes at once when this API left the option as it is; after someone else sold, the usual way, for a while', async (t) => {
   const { make, request, purchases, db, config, sql, id } = await directSales(t)
   const { atOnce, transactions, counted } = atOnceParts(t, db, config.databaseUrl)
@@ -328,14 +340,8 @@ t.test('DirectSales: a batch at once whose row lock comes after half the lease w
   const sales = make({ atOnce, transactions, leaseMs: 400, queues: { enqueueAhead: async (batch) => { queued.push(batch as PurchaseRequest[]) } } })
   t.equal((await sales.apply(request())).kind, 'applied', 'learns the option')
 
-  const blocker = await sql.connect()
-  t.teardown(() => { blocker.release() })
-  await blocker.query('begin')
-  await blocker.query('select 1 from ticket_options where id = $1 for update', [id])
-  const late = sales.apply(request())
-  await sleep(300) // past half the lease
-  await blocker.query('commit')
-  t.same(await late, { kind: 'queued', line: 2 } satisfies DirectResult)
+  const late = await whileRowLocked(t, sql, id, 300, async () => await sales.apply(request())) // past half the lease
+  t.same(late, { kind: 'queued', line: 2 } satisfies DirectResult)
   t.equal(counted.usual, 1, 'it went at once')
   t.same(queued.map((batch) => batch.map((r) => r.line)), [[2]], 'queued ahead, under its line number')
   t.equal(await purchases(), 1, 'nothing written')
@@ -412,14 +418,8 @@ t.test('DirectSales: a batch on a held lease whose row lock comes too late write
   const sales = make({ atOnce, transactions, backend: recorded, releasePutOffMs: 60_000, leaseMs: 400 })
   t.equal((await sales.apply(request())).kind, 'applied')
 
-  const blocker = await sql.connect()
-  t.teardown(() => { blocker.release() })
-  await blocker.query('begin')
-  await blocker.query('select 1 from ticket_options where id = $1 for update', [id])
-  const late = sales.apply(request())
-  await sleep(300) // past half the lease
-  await blocker.query('commit')
-  t.equal((await late).kind, 'applied', 'applied the usual way')
+  const late = await whileRowLocked(t, sql, id, 300, async () => await sales.apply(request())) // past half the lease
+  t.equal(late.kind, 'applied', 'applied the usual way')
   t.equal(claims.length, 2, 'after a claim')
   t.same(claims[1]?.[4], { token: claims[0]?.[3], appliedLine: 1 }, 'which carried the held lease\'s release')
   t.equal(counted.usual, 1, 'at once, under the new lease')
