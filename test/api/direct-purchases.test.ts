@@ -369,14 +369,15 @@ t.test('DirectSales: a lone batch of purchases on the lease still held from the 
   const { make, request, purchases, db, config, sql, id, redis, prefix, backend } = await directSales(t)
   const { atOnce, transactions, counted } = atOnceParts(t, db, config.databaseUrl)
   const { claims, releases, backend: recorded } = recording(backend)
-  const sales = make({ atOnce, transactions, backend: recorded, releasePutOffMs: 60_000, leaseMs: 400 })
+  // A quarter of this lease is long enough for three batches on a busy machine.
+  const sales = make({ atOnce, transactions, backend: recorded, releasePutOffMs: 60_000, leaseMs: 4000 })
   t.equal((await sales.apply(request())).kind, 'applied')
   t.equal((await sales.apply(request())).kind, 'applied')
   t.equal((await sales.apply(request())).kind, 'applied')
   t.equal(claims.length, 1, 'one claim for three batches')
   t.equal(counted.usual, 1, 'the first went the usual way, the next two at once')
   t.equal(await redis.get(directLeaseKey(prefix, id)), claims[0]?.[3], 'on the first claim\'s lease, held meanwhile')
-  await sleep(120) // past a quarter of the lease
+  await sleep(1100) // past a quarter of the lease
   t.equal((await sales.apply(request())).kind, 'applied')
   t.equal(claims.length, 2, 'then a claim again')
   t.same(claims[1]?.[4], { token: claims[0]?.[3], appliedLine: 1 }, 'which carried the first lease\'s release')
@@ -415,10 +416,11 @@ t.test('DirectSales: a batch on a held lease whose row lock comes too late write
   const { make, request, purchases, db, config, sql, id, backend } = await directSales(t)
   const { atOnce, transactions, counted } = atOnceParts(t, db, config.databaseUrl)
   const { claims, backend: recorded } = recording(backend)
-  const sales = make({ atOnce, transactions, backend: recorded, releasePutOffMs: 60_000, leaseMs: 400 })
+  // The held lease's quarter (500 ms) outlasts the first batch on a busy machine; the row stays locked past its half.
+  const sales = make({ atOnce, transactions, backend: recorded, releasePutOffMs: 60_000, leaseMs: 2000 })
   t.equal((await sales.apply(request())).kind, 'applied')
 
-  const late = await whileRowLocked(t, sql, id, 300, async () => await sales.apply(request())) // past half the lease
+  const late = await whileRowLocked(t, sql, id, 1200, async () => await sales.apply(request()))
   t.equal(late.kind, 'applied', 'applied the usual way')
   t.equal(claims.length, 2, 'after a claim')
   t.same(claims[1]?.[4], { token: claims[0]?.[3], appliedLine: 1 }, 'which carried the held lease\'s release')
