@@ -352,7 +352,7 @@ export class DirectSales {
    */
   private putOffRelease (ticketOptionId: string, lease: Omit<HeldLease, 'due'>): void {
     const putOffMs = this.deps.releasePutOffMs ?? RELEASE_PUT_OFF_MS
-    this.putOff.set(ticketOptionId, { token: lease.token, appliedLine: lease.appliedLine, claimedAt: lease.claimedAt, due: performance.now() + putOffMs })
+    this.putOff.set(ticketOptionId, { ...lease, due: performance.now() + putOffMs })
     if (this.releaseTimer === undefined) this.armReleaseTimer(putOffMs)
   }
 
