@@ -3,7 +3,7 @@
 module.exports = [
   ...require('neostandard')({
     ts: true,
-    ignores: ['dist/**', '.tap/**', '.data/**', 'coverage/**'],
+    ignores: ['dist/**', 'bench/results/**', '.tap/**', '.data/**', 'coverage/**'],
   }),
   {
     rules: {

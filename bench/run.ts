@@ -20,6 +20,8 @@
  *   BENCH_REDIS_URL          default redis://127.0.0.1:6379
  *   BENCH_BACKEND=postgres   our queues on BullMQ's PostgreSQL backend instead of Redis
  *   BENCH_WORKER_ENV / BENCH_API_ENV  extra env, e.g. "WORKER_BATCH_SIZE=200,DATABASE_POOL_SIZE=5"
+ *   BENCH_TSX=1              run both sides' TypeScript through tsx (as `npm start`) instead
+ *                            of compiling them first with tsc (as the image does)
  * Results are also appended to bench/results/bench-<time>.jsonl.
  */
 import { appendFileSync, mkdirSync, readdirSync, statSync } from 'node:fs'
@@ -28,7 +30,7 @@ import path from 'node:path'
 import { round } from './latency'
 import { summarizeProfiles } from './profile-summary'
 import { PG_STATS_FLUSH_MS, SCENARIOS, runScenario, soakScenario, type RunFigures, type Scenario, type Target } from './scenarios'
-import { PROFILE_DIR, ROOT, rssMiB, Stack } from './stack'
+import { buildForBench, PROFILE_DIR, ROOT, rssMiB, Stack } from './stack'
 import { startTraceSink } from './trace-sink'
 import { callJson as call, runPurchases } from '../test/support/load'
 import { sleep } from '../test/support/wait'
@@ -128,6 +130,7 @@ async function main (): Promise<void> {
     workers: Number(env.BENCH_WORKERS ?? '1'),
     profile,
     env: parseEnvList(env.BENCH_API_ENV),
+    tsx: env.BENCH_TSX === '1',
   })
   const workerEnv = parseEnvList(env.BENCH_WORKER_ENV)
   let interrupted = false
@@ -145,6 +148,11 @@ async function main (): Promise<void> {
   const table: string[][] = []
   try {
     log(`bench: ${quick ? 'quick, ' : ''}${reps} repetition(s), queues on ${stack.settings.queueBackend}, scenarios ${selected.join(',')}; databases ${stack.oursDb}, ${stack.refDb}; prefix ${stack.prefix}`)
+    if (!stack.settings.tsx) {
+      const building = Date.now()
+      buildForBench()
+      log(`compiled ours and the reference with tsc in ${round((Date.now() - building) / 1000, 1)} s (BENCH_TSX=1 runs the sources through tsx instead)`)
+    }
     await stack.start()
     if (Object.keys(workerEnv).length > 0) await stack.restartWorkers(workerEnv)
     const ours: Target = {

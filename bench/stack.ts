@@ -5,9 +5,9 @@
  * reference server (bench/reference/server.ts), each on its own database.
  * Everything started here is killed and removed in `close()`, even on failure.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { readdirSync, readFileSync } from 'node:fs'
+import { readdirSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import path from 'node:path'
 import { Redis } from 'ioredis'
@@ -17,6 +17,20 @@ import { sleep } from '../test/support/wait'
 
 export const ROOT = path.resolve(__dirname, '..')
 export const PROFILE_DIR = path.join(ROOT, 'bench', 'results', 'profiles')
+/** Where `buildForBench` compiles our processes and the reference (bench/tsconfig.build.json). */
+export const BUILD_DIR = path.join(ROOT, 'bench', 'results', 'build')
+
+/**
+ * Compiles our API and worker and the reference with tsc, as the image does
+ * (Dockerfile: `npm run build`, then `node dist/api/server.js`), so the bench
+ * measures what compose runs, both sides alike. Through tsx, every function
+ * created per request also paid esbuild's keep-names wrapper (`__name`), which
+ * is not in what ships.
+ */
+export function buildForBench (): void {
+  rmSync(BUILD_DIR, { recursive: true, force: true })
+  execFileSync(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(ROOT, 'bench', 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' })
+}
 
 export interface BenchSettings {
   adminDatabaseUrl: string
@@ -28,6 +42,8 @@ export interface BenchSettings {
   profile: boolean
   /** extra env for our API and worker processes */
   env: Record<string, string>
+  /** run the TypeScript sources through tsx (as `npm start` does) instead of the build from `buildForBench` */
+  tsx: boolean
 }
 
 export interface Child {
@@ -130,12 +146,14 @@ export class Stack {
     }
   }
 
+  /** Starts `entry` (a .ts path from the checkout): its build, or the source through tsx (settings.tsx). */
   private spawn (name: string, entry: string, env: Record<string, string>, profile: boolean): Child {
-    const args = ['--import', 'tsx']
+    const args = this.settings.tsx ? ['--import', 'tsx'] : []
     // One folder per process: with tsx, Node also profiles the loader's worker
     // thread, and the main thread's file is the biggest one in the folder.
     if (profile) args.push('--cpu-prof', `--cpu-prof-dir=${this.profileDir(name)}`)
-    const child = spawn(process.execPath, [...args, entry], {
+    const script = this.settings.tsx ? entry : path.join(BUILD_DIR, entry.replace(/\.ts$/, '.js'))
+    const child = spawn(process.execPath, [...args, script], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
