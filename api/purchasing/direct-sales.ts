@@ -5,7 +5,7 @@
  * direct-lease.ts) and applies the request itself, in a transaction of the
  * same sale-store code a worker runs (shared with other options' batches of
  * the moment: group-commit.ts), then advances the applied line and drops the
- * lease (put off for a millisecond, so the option's next claim here can do it:
+ * lease (put off for a few milliseconds, so the option's next claim here can do it:
  * putOffRelease) and announces the outcome (outcome-announcer.ts). A buyer
  * then pays one script and one transaction, not the queue's per-job path
  * (about 40 Redis commands and four to six round trips).
@@ -94,8 +94,15 @@ export class LeaseRunningOutError extends Error {
 const OPTIONS_REMEMBERED = 10_000
 /** How long a direct batch's outcomes wait to be announced with others' (outcome-announcer.ts). */
 const ANNOUNCE_DELAY_MS = 10
-/** How long a committed batch's release waits for the option's next claim here to carry it (putOffRelease). */
-const RELEASE_PUT_OFF_MS = 1
+/**
+ * How long a committed batch's release waits for the option's next claim here
+ * to carry it (putOffRelease). 1 ms was too short on a busy machine: a single
+ * buyer's next purchase came later than that for up to a third of purchases,
+ * each of which then paid a claim and a release (up to 2.9 Redis commands a
+ * purchase against 0.2 when quiet). Someone else's request queued meanwhile
+ * waits at most this much longer.
+ */
+const RELEASE_PUT_OFF_MS = 3
 /** How long an option whose batch found it changed by someone else does not go at once. */
 const AT_ONCE_PAUSE_MS = 1000
 

@@ -7,7 +7,7 @@
  * sequential purchases): every API, this one too, reads and parses every
  * message, on a machine the buyer's own round trips share. The line number
  * a batch applied is advanced in Redis by the lease's release (within a
- * millisecond: direct-sales.ts putOffRelease); only the news waits, and a
+ * few milliseconds: direct-sales.ts putOffRelease); only the news waits, and a
  * waiter that misses it reads PostgreSQL.
  */
 import type { Logger } from 'pino'

@@ -28,6 +28,8 @@ eachQueueBackend(t, 'a purchase of an option with nobody in line, and no worker 
   const { app, redis, prefix, openQueues } = await setUp(t, { worker: false, env: { ...backendEnv, PURCHASE_WAIT_MS: '300' } })
   const id = await createOption(app, 5)
   const first = await buy(app, id, { quantity: 2 })
+  // Past the first batch's put-off release, so the second claims (and takes a line number) too.
+  await sleep(50)
   const second = await buy(app, id, { quantity: 2 })
   const queues = openQueues()
   const queue = queues.createQueue(purchaseQueueName(id))
