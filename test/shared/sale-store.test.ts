@@ -5,7 +5,7 @@
  * What must not change with that: the reads run after the lock is granted,
  * so they see what the lock's previous holder committed.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { randomUUID } from 'node:crypto'
 import pino from 'pino'
 import { createPool, withTransaction } from '../../shared/db'
@@ -19,6 +19,16 @@ const USER = '406c1d05-bbb2-4e94-b183-7d208c2692e1'
 
 function purchase (ticketOptionId: string, quantity: number, line: number): PurchaseRequest {
   return { purchaseId: randomUUID(), ticketOptionId, userId: USER, quantity, requestId: `req-${line}`, enqueuedAt: Date.now(), line }
+}
+
+/** What every test of a batch at once starts from: the at-once connection and an option of 5, as this process left it. */
+async function atOnceSetUp (t: Test, name: string, maxPerPurchase: number | null) {
+  const { config, sql } = await createTestEnvironment(t)
+  const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION)
+  t.teardown(async () => { await db.end() })
+  const option = await createTicketOption(sql, { name, desc: '', allocation: 5, maxPerPurchase, maxPerUser: null })
+  const expected = { available: 5, held: 0, maxPerPurchase, maxPerUser: null }
+  return { sql, db, option, expected }
 }
 
 t.test('a batch that waits for the option\'s lock reads what its holder committed: a redelivered purchase keeps its outcome', async (t) => {
@@ -139,11 +149,7 @@ t.test('the sale\'s statements are planned once per connection, by index even wh
 })
 
 t.test('a batch at once: decided from the expected option, written with one statement only if the locked row is still so; else nothing is written', async (t) => {
-  const { config, sql } = await createTestEnvironment(t)
-  const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION)
-  t.teardown(async () => { await db.end() })
-  const option = await createTicketOption(sql, { name: 'at once', desc: '', allocation: 5, maxPerPurchase: 3, maxPerUser: null })
-  const expected = { available: 5, held: 0, maxPerPurchase: 3, maxPerUser: null }
+  const { sql, db, option, expected } = await atOnceSetUp(t, 'at once', 3)
   const count = async (): Promise<number> => Number((await sql.query('select count(*) from purchases where ticket_option_id = $1', [option.id])).rows[0].count)
 
   const [a, b, c] = [purchase(option.id, 2, 1), purchase(option.id, 4, 2), purchase(option.id, 1, 3)]
@@ -173,11 +179,7 @@ t.test('a batch at once: decided from the expected option, written with one stat
 })
 
 t.test('a batch at once on a lease held from an earlier batch writes nothing once a request has queued under that lease (its fence is up)', async (t) => {
-  const { config, sql } = await createTestEnvironment(t)
-  const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION)
-  t.teardown(async () => { await db.end() })
-  const option = await createTicketOption(sql, { name: 'fenced', desc: '', allocation: 5, maxPerPurchase: null, maxPerUser: null })
-  const expected = { available: 5, held: 0, maxPerPurchase: null, maxPerUser: null }
+  const { sql, db, option, expected } = await atOnceSetUp(t, 'fenced', null)
   await sql.query('insert into direct_fences (ticket_option_id, token) values ($1, $2)', [option.id, 'lease-a'])
 
   t.same(await applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 1)], expected, 2000, 'lease-a'), { kind: 'fenced' }, 'its own lease\'s fence is up')
@@ -188,11 +190,7 @@ t.test('a batch at once on a lease held from an earlier batch writes nothing onc
 })
 
 t.test('a batch at once that waits for the option\'s lock checks the row as its holder committed it, and writes nothing when the lock came too late', async (t) => {
-  const { config, sql } = await createTestEnvironment(t)
-  const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION)
-  t.teardown(async () => { await db.end() })
-  const option = await createTicketOption(sql, { name: 'at once, lock wait', desc: '', allocation: 5, maxPerPurchase: null, maxPerUser: null })
-  const expected = { available: 5, held: 0, maxPerPurchase: null, maxPerUser: null }
+  const { sql, db, option, expected } = await atOnceSetUp(t, 'at once, lock wait', null)
   const holder = await sql.connect()
   t.teardown(() => { holder.release() })
   const lockWaiters = async (): Promise<number> => (await sql.query("select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()")).rows[0].n as number
