@@ -9,7 +9,7 @@ import t, { type Test } from 'tap'
 import { randomUUID } from 'node:crypto'
 import pino from 'pino'
 import { createPool, withTransaction } from '../../shared/db'
-import { applyPurchasesAtOnce, applySaleBatch, AT_ONCE_SESSION, type PurchaseRecord } from '../../shared/purchases/sale-store'
+import { applyPurchasesAtOnce, applySaleBatch, AT_ONCE_SESSION, findPurchase, type PurchaseRecord } from '../../shared/purchases/sale-store'
 import type { PurchaseRequest } from '../../shared/purchases/sale-request'
 import { createTicketOption } from '../../shared/ticket-options'
 import { createTestEnvironment, unbalancedOptions } from '../support/environment'
@@ -162,6 +162,8 @@ t.test('a batch at once: decided from the expected option, written with one stat
     { id: c.purchaseId, status: 'succeeded', quantity: 1 },
   ], 'each decided by the same rules as any batch, in order')
   t.same(Object.keys(applied.outcomes[0] as object).sort(), ['available', 'cancelled_at', 'created_at', 'id', 'quantity', 'reason', 'reservation_id', 'status', 'ticket_option_id', 'used', 'user_id'], 'a purchase record, nothing of the lock beside it')
+  // Built from what was decided and the row's id and time: exactly the record as stored.
+  t.same(await Promise.all([a, b, c].map(async (p) => await findPurchase(db, option.id, p.purchaseId))), applied.outcomes, 'each outcome is the purchase as PostgreSQL stored it')
   t.same(applied.after, { ...expected, available: 2 })
   t.same((await sql.query('select allocation, held from ticket_options where id = $1', [option.id])).rows[0], { allocation: 2, held: 0 }, 'committed')
 
