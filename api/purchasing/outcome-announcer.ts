@@ -8,7 +8,9 @@
  * message, on a machine the buyer's own round trips share. The line number
  * a batch applied is advanced in Redis by the lease's release (within a
  * few milliseconds: direct-sales.ts putOffRelease); only the news waits, and a
- * waiter that misses it reads PostgreSQL.
+ * waiter that misses it reads PostgreSQL. An API alone on the channel tells
+ * only itself, in-process (the Redis backend's publishApplied:
+ * shared/queues/line-listeners.ts).
  */
 import type { Logger } from 'pino'
 import type { AppliedMessage } from '../../shared/purchases/purchase-outcomes'

@@ -113,7 +113,11 @@ export interface QueueBackend {
   subscribeLineMessages: (onMessage: (message: LineMessage) => void, onGap: () => void) => Promise<void>
   /** Inside the transaction that applies a batch: what must commit with it (the PostgreSQL backend's notification). */
   recordApplied: (client: DbClient, message: Omit<AppliedMessage, 'type'>) => Promise<void>
-  /** After that transaction committed: what is sent once it has (the Redis backend's publish). */
+  /**
+   * After that transaction committed: what is sent once it has (the Redis
+   * backend's publish; in a process alone on the channel, only its own
+   * listener is told, in-process: line-listeners.ts).
+   */
   publishApplied: (message: Omit<AppliedMessage, 'type'>) => Promise<void>
   /** A batch has started (best effort). */
   publishApplying: (ticketOptionId: string, applyingLine: number) => Promise<void>

@@ -10,15 +10,17 @@
  * waits and reconnects (shared/redis.ts).
  */
 import { QueueKeys, Queue, Worker, type Processor } from 'bullmq'
+import type { Redis } from 'ioredis'
 import type { Logger } from 'pino'
 import type { Config } from '../config'
-import { lineMessageReader, publishApplied, publishApplying } from '../purchases/purchase-outcomes'
+import { lineMessageReader, publishApplied, publishApplying, type LineMessage } from '../purchases/purchase-outcomes'
 import { commandNeverSent, createProducerConnection, execPipeline, createWorkerConnection, isCluster, waitUntilReady, type RedisClient, type RedisTarget } from '../redis'
 import { redisAnswers } from '../health-checks'
 import { queueTelemetry } from '../telemetry/purchase-spans'
 import type { QueueBackend, QueueBackendRole, QueueCounts, QueueSettings, WorkerSettings } from './queue-backend-types'
 import { activeOptionsKey, bundleMembersKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName, queueWakeupChannel } from './queue-names'
 import { directLeases } from './direct-lease'
+import { LineListeners } from './line-listeners'
 import { listActiveOptions, releaseOption, touchOption } from './queue-registry'
 
 /** How long an option's bundle index outlives its last bundle (s). */
@@ -39,11 +41,13 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
   // Opened on first subscription: a process that only enqueues needs none.
   let subscriber: RedisClient | undefined
   const subscribed = new Map<string, (message: string) => void>()
-  const subscribe = async (channel: string, onMessage: (message: string) => void, onGap?: () => void): Promise<void> => {
+  /** `onSubscribed`: after each subscription that went through, the first and every one after a reconnect (one server only). */
+  const subscribe = async (channel: string, onMessage: (message: string) => void, onGap?: () => void, onSubscribed?: () => void): Promise<void> => {
     if (subscriber === undefined) {
       const s = createWorkerConnection(target, log, `${prefix}-${role}-subscriber`, undefined, cluster)
       // Sharded channels on a cluster: each message reaches its channel's shard only.
       s.on(cluster ? 'smessage' : 'message', (from: string, message: string) => { subscribed.get(from)?.(message) })
+      s.on('close', () => { listeners?.lost() })
       subscriber = s
     }
     const s = subscriber
@@ -60,10 +64,16 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     // it may not know. Subscribing again on every ready is harmless. The gap is
     // told once subscribed ('ready' comes before), so what it looks up misses nothing.
     s.on('ready', () => {
-      s.subscribe(channel).then(() => { onGap?.() }, (err: unknown) => { log.warn({ err, channel }, 'could not subscribe') })
+      s.subscribe(channel).then(() => { onGap?.(); onSubscribed?.() }, (err: unknown) => { log.warn({ err, channel }, 'could not subscribe') })
     })
     await s.subscribe(channel)
+    onSubscribed?.()
   }
+  // Who else hears the outcome channel (one server only: a cluster's shard channel is not counted, so always published).
+  let listeners: LineListeners | undefined
+  /** This process's own listener of line messages, told in-process what nobody else would hear. */
+  let hearHere: ((message: LineMessage) => void) | undefined
+  const outcomesChannel = purchaseOutcomesChannel(prefix)
   const keys = new QueueKeys(prefix)
   const leases = directLeases(connection, prefix, keys)
 
@@ -106,11 +116,29 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     subscribeWakeups: async (onWakeup) => { await subscribe(queueWakeupChannel(prefix), onWakeup) },
 
     subscribeLineMessages: async (onMessage, onGap) => {
-      await subscribe(purchaseOutcomesChannel(prefix), lineMessageReader(onMessage, log), onGap)
+      const read = lineMessageReader(onMessage, log)
+      if (cluster) {
+        await subscribe(outcomesChannel, read, onGap)
+        return
+      }
+      const heard = new LineListeners(async () => await countSubscribers(connection as Redis, outcomesChannel))
+      listeners = heard
+      hearHere = onMessage
+      const sayListening = (): void => {
+        connection.publish(outcomesChannel, heard.listeningMessage).catch((err: unknown) => { log.warn({ err }, 'could not say this process listens for outcomes') })
+      }
+      await subscribe(outcomesChannel, (raw) => { if (!heard.takeListening(raw)) read(raw) }, onGap, () => { heard.subscribed(); sayListening() })
     },
     // Pub/sub is not transactional: Redis hears of a batch once it has committed.
     recordApplied: async () => {},
-    publishApplied: async (message) => { await publishApplied(connection, prefix, message) },
+    publishApplied: async (message) => {
+      // A direct batch's applied line is advanced by its lease's release: only the news is left to tell.
+      if (listeners?.others === false && hearHere !== undefined && message.outcomes.length > 0) {
+        hearHere({ type: 'applied', ...message })
+        return
+      }
+      await publishApplied(connection, prefix, message)
+    },
     publishApplying: async (ticketOptionId, applyingLine) => { await publishApplying(connection, prefix, ticketOptionId, applyingLine) },
 
     takeLineNumbers: leases.takeLine,
@@ -149,10 +177,17 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     onReconnect: (fn) => { connection.on('ready', fn) },
     waitUntilReady: async (timeoutMs) => { await waitUntilReady(connection, timeoutMs) },
     close: async () => {
+      listeners?.stop()
       subscriber?.disconnect()
       await connection.quit().catch(() => { connection.disconnect() })
     },
   }
+}
+
+/** Subscribers of a channel on one server, this process's own among them. */
+async function countSubscribers (connection: Redis, channel: string): Promise<number> {
+  const reply = await connection.pubsub('NUMSUB', channel) as [string, number | string]
+  return Number(reply[1])
 }
 
 /** The lengths of BullMQ's own keys for these options, in one pipeline (one slot on a cluster). */

@@ -13,7 +13,7 @@ import { DirectSales, LeaseRunningOutError, type DirectResult, type DirectSalesD
 import { GroupCommit } from '../../shared/purchases/group-commit'
 import type { LineMessage } from '../../shared/purchases/purchase-outcomes'
 import type { PurchaseRequest } from '../../shared/purchases/sale-request'
-import { directFenceKey, directLeaseKey, lineAppliedKey, lineTicketKey, purchaseQueueName } from '../../shared/queues/queue-names'
+import { directFenceKey, directLeaseKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName } from '../../shared/queues/queue-names'
 import { createPool, withTransaction } from '../../shared/db'
 import { applySaleBatch, AT_ONCE_SESSION } from '../../shared/purchases/sale-store'
 import { createTicketOption } from '../../shared/ticket-options'
@@ -89,6 +89,58 @@ t.test('an API that closes right after a direct purchase still announces it', as
   t.equal(res.statusCode, 201)
   await app.close()
   t.ok(await waitFor(() => heard.some((m) => m.type === 'applied' && m.outcomes.some((o) => o.id === res.json().id)), (found) => found, 3000, 10), 'heard')
+})
+
+t.test('an API alone on the outcome channel tells its direct outcomes to itself, publishing none; once another process listens, they are published', async (t) => {
+  const { app, redis, prefix, openQueues } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '5000' } })
+  const channel = purchaseOutcomesChannel(prefix)
+  const monitor = await redis.monitor()
+  t.teardown(() => { monitor.disconnect() })
+  const published: string[] = []
+  monitor.on('monitor', (_time: string, args: string[]) => {
+    if (args[0]?.toLowerCase() === 'publish' && args[1] === channel && args[2]?.startsWith('{"type":"listening"') !== true) published.push(args[2] ?? '')
+  })
+  const id = await createOption(app, 100)
+  // Its own option: a follower that finds its key's purchase not yet recorded queues its job again (sale-service.ts follow),
+  // which, with no worker here, would keep the option from the direct path.
+  const keyed = await createOption(app, 100)
+  await sleep(300) // its first count of the channel's subscribers
+
+  // A keyed request that follows another with the same key waits for its outcome: told in-process, not after the wait limit.
+  const [leader, follower] = await Promise.all([buy(app, keyed, { key: 'alone' }), buy(app, keyed, { key: 'alone' })])
+  t.same([leader.statusCode, follower.statusCode], [201, 201])
+  t.equal(follower.body, leader.body, 'the same purchase')
+  t.ok(Math.max(leader.tookMs, follower.tookMs) < 2500, `both answered well within the wait limit (${leader.tookMs}, ${follower.tookMs} ms)`)
+  t.equal((await buy(app, id)).statusCode, 201)
+  await sleep(100) // past the announcements' delay
+  t.same(published, [], 'nothing published: nobody else would hear it')
+
+  // Another API subscribes and says so: published from then on, without waiting for the next count.
+  const heard: LineMessage[] = []
+  await openQueues().subscribeLineMessages((message) => { heard.push(message) }, () => {})
+  await sleep(100)
+  const bought = await buy(app, id)
+  t.equal(bought.statusCode, 201)
+  t.ok(await waitFor(() => heard.some((m) => m.type === 'applied' && m.outcomes.some((o) => o.id === bought.json().id)), (found) => found, 3000, 10), 'the other process heard it')
+  t.ok(published.length > 0, 'published')
+})
+
+t.test('a subscriber that does not say it listens (an older API) is found by the next count of the channel', async (t) => {
+  const { app, redis, prefix } = await setUp(t, { worker: false })
+  const id = await createOption(app, 100)
+  await sleep(300)
+  const subscriber = redis.duplicate()
+  t.teardown(() => { subscriber.disconnect() })
+  const heard: string[] = []
+  subscriber.on('message', (_channel: string, message: string) => { heard.push(message) })
+  await subscriber.subscribe(purchaseOutcomesChannel(prefix))
+  // Within a count's period (a second) and the announcements' delay, its purchases reach the subscriber.
+  const reached = await waitFor(async () => {
+    const res = await buy(app, id)
+    await sleep(50) // past the announcements' delay
+    return res.statusCode === 201 && heard.some((m) => m.includes(res.json().id as string))
+  }, (found) => found, 5000, 100)
+  t.ok(reached, 'heard by the plain subscriber')
 })
 
 t.test('a lease held elsewhere: the purchase queues behind it, and the worker waits until the lease ends', async (t) => {
