@@ -22,13 +22,19 @@ const purchaseLocation = (ticketOptionId: string, purchaseId: string): string =>
 
 /** A purchase as its routes show it: `cancelled` once cancelled, and only the fields that apply. */
 export function purchaseBody (purchase: PurchaseRecord) {
-  const { reason, available, used, reservation_id: reservationId, cancelled_at: cancelledAt, ...rest } = purchase
+  const { reason, available, reservation_id: reservationId, cancelled_at: cancelledAt } = purchase
+  // Named fields, no spreads: every 201 builds one, and Node 20's V8 adds each property after a spread on a slow path.
   return {
-    ...rest,
+    id: purchase.id,
+    ticket_option_id: purchase.ticket_option_id,
+    user_id: purchase.user_id,
+    quantity: purchase.quantity,
+    created_at: purchase.created_at,
     status: cancelledAt === null ? purchase.status : 'cancelled' as const,
-    ...(reservationId === null ? {} : { reservation_id: reservationId }),
-    ...(cancelledAt === null ? {} : { cancelled_at: cancelledAt }),
-    ...(purchase.status === 'rejected' ? { reason: reason ?? undefined, available: available ?? undefined } : {}),
+    reservation_id: reservationId ?? undefined,
+    cancelled_at: cancelledAt ?? undefined,
+    reason: purchase.status === 'rejected' ? reason ?? undefined : undefined,
+    available: purchase.status === 'rejected' ? available ?? undefined : undefined,
   }
 }
 

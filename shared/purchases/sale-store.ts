@@ -315,7 +315,8 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
     cancelled_at: null,
     created_at: createdAt.get(request.purchaseId) as string,
   }]))
-  return { kind: 'applied', outcomes: requests.map((r) => byId.get(r.purchaseId) as PurchaseRecord), after: { ...expected, available, held } }
+  const after: OptionState = { available, held, maxPerPurchase: expected.maxPerPurchase, maxPerUser: expected.maxPerUser }
+  return { kind: 'applied', outcomes: requests.map((r) => byId.get(r.purchaseId) as PurchaseRecord), after }
 }
 
 async function readPurchases (db: Db | DbClient, ids: readonly string[]): Promise<PurchaseRecord[]> {
