@@ -251,11 +251,19 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
   // Usage would need a read before deciding: an option with a per-user limit takes applySaleBatch.
   if (expected.maxPerUser !== null) throw new Error('a batch decided at once needs an option without a per-user limit')
   const { decisions, available, held } = decideBatch({ option: { ...expected }, purchases: new Map(), reservations: new Map(), recordedHolds: new Set(), usage: new Map(), now: Date.now() }, requests)
-  const purchases = requests.flatMap((request, i) => {
+  // Each purchase to write as its record will read: all but created_at, which PostgreSQL gives.
+  const written: Array<{ request: PurchaseRequest, record: PurchaseRecord }> = []
+  for (let i = 0; i < requests.length; i++) {
+    const request = requests[i] as PurchaseRequest
     const d = decisions[i] as Decision
     // Not a purchase decision: the same id twice in the batch, applied once.
-    return d.kind === 'purchase' ? [{ request, status: d.status, ...refusalColumns(d) }] : []
-  })
+    if (d.kind !== 'purchase') continue
+    const { reason, available: availableBefore, used } = refusalColumns(d)
+    written.push({
+      request,
+      record: { id: request.purchaseId, ticket_option_id: ticketOptionId, user_id: request.userId, quantity: request.quantity, status: d.status, reason, available: availableBefore, used, reservation_id: null, cancelled_at: null, created_at: '' },
+    })
+  }
   // One row per purchase written (its id and time: the rest of its record is what was decided here),
   // each beside the option's row as locked; one row with the purchase's columns null when nothing was.
   // Fewer columns than a whole record: each costs the client a parser and a field per row.
@@ -286,9 +294,9 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
      select l.*, (select up from fence) as fence_up, p.* from locked l left join new_purchases p on true`,
     values: [
       ticketOptionId,
-      purchases.map((p) => p.request.purchaseId), purchases.map((p) => p.request.userId), purchases.map((p) => p.request.quantity), purchases.map((p) => p.status),
-      purchases.map((p) => p.reason), purchases.map((p) => p.available), purchases.map((p) => p.used), purchases.map((p) => p.request.requestId),
-      purchases.map((p) => p.request.enqueuedAt),
+      written.map((w) => w.record.id), written.map((w) => w.record.user_id), written.map((w) => w.record.quantity), written.map((w) => w.record.status),
+      written.map((w) => w.record.reason), written.map((w) => w.record.available), written.map((w) => w.record.used), written.map((w) => w.request.requestId),
+      written.map((w) => w.request.enqueuedAt),
       expected.available, expected.held, expected.maxPerPurchase, Math.floor(lockWithinMs),
       available, held, fencedBy,
     ],
@@ -301,20 +309,8 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
     const asExpected = found.available === expected.available && found.held === expected.held && found.maxPerPurchase === expected.maxPerPurchase && found.maxPerUser === null
     return asExpected ? { kind: 'late' } : { kind: 'stale', found }
   }
-  const createdAt = new Map(rows.map((row) => [row.id, row.created_at]))
-  const byId = new Map(purchases.map(({ request, status, reason, available, used }): [string, PurchaseRecord] => [request.purchaseId, {
-    id: request.purchaseId,
-    ticket_option_id: ticketOptionId,
-    user_id: request.userId,
-    quantity: request.quantity,
-    status,
-    reason,
-    available,
-    used,
-    reservation_id: null,
-    cancelled_at: null,
-    created_at: createdAt.get(request.purchaseId) as string,
-  }]))
+  const byId = new Map(written.map(({ record }) => [record.id, record]))
+  for (const row of rows) (byId.get(row.id as string) as PurchaseRecord).created_at = row.created_at
   const after: OptionState = { available, held, maxPerPurchase: expected.maxPerPurchase, maxPerUser: expected.maxPerUser }
   return { kind: 'applied', outcomes: requests.map((r) => byId.get(r.purchaseId) as PurchaseRecord), after }
 }
