@@ -97,6 +97,8 @@ export class Stack {
   workers: Child[] = []
   reference: (Child & { url: string }) | undefined
   private createdDbs: string[] = []
+  /** Redis prefixes of APIs started from another build (startApiFrom), cleaned up with the bench's own. */
+  private readonly extraPrefixes: string[] = []
   /** a plain connection to the bench's Redis (registry checks, INFO, cleanup) */
   redis: Redis | undefined
 
@@ -153,7 +155,11 @@ export class Stack {
     // thread, and the main thread's file is the biggest one in the folder.
     if (profile) args.push('--cpu-prof', `--cpu-prof-dir=${this.profileDir(name)}`)
     const script = this.settings.tsx ? entry : path.join(BUILD_DIR, entry.replace(/\.ts$/, '.js'))
-    const child = spawn(process.execPath, [...args, script], {
+    return this.spawnNode(name, [...args, script], env)
+  }
+
+  private spawnNode (name: string, args: string[], env: Record<string, string>): Child {
+    const child = spawn(process.execPath, args, {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -198,6 +204,22 @@ export class Stack {
   private async startApi (i: number, extra: Record<string, string> = {}): Promise<Child & { url: string }> {
     const port = await freePort()
     const proc = this.spawn(`api${i}`, 'api/server.ts', this.ourEnv({ ...extra, PORT: String(port) }), this.settings.profile)
+    const url = `http://127.0.0.1:${port}`
+    await this.waitForHttp(proc, url)
+    return { ...proc, url }
+  }
+
+  /**
+   * Starts an API from another build of this project (`script`: its
+   * api/server.js) on our database, under a Redis prefix of its own, so it
+   * shares no lease, line or channel with ours: two builds side by side
+   * (bench/side-by-side.ts). Its keys go with the bench's.
+   */
+  async startApiFrom (name: string, script: string): Promise<Child & { url: string }> {
+    const prefix = `${this.prefix}-${name}`
+    this.extraPrefixes.push(prefix)
+    const port = await freePort()
+    const proc = this.spawnNode(name, [script], this.ourEnv({ QUEUE_PREFIX: prefix, PORT: String(port) }))
     const url = `http://127.0.0.1:${port}`
     await this.waitForHttp(proc, url)
     return { ...proc, url }
@@ -289,12 +311,14 @@ export class Stack {
 
   private async deleteKeys (): Promise<void> {
     if (this.redis !== undefined) {
-      let cursor = '0'
-      do {
-        const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}:*`, 'COUNT', 1000)
-        cursor = next
-        if (keys.length > 0) await this.redis.unlink(...keys)
-      } while (cursor !== '0')
+      for (const prefix of [this.prefix, ...this.extraPrefixes]) {
+        let cursor = '0'
+        do {
+          const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000)
+          cursor = next
+          if (keys.length > 0) await this.redis.unlink(...keys)
+        } while (cursor !== '0')
+      }
       this.redis.disconnect()
     }
   }
