@@ -115,7 +115,7 @@ export interface QueueBackend {
   recordApplied: (client: DbClient, message: Omit<AppliedMessage, 'type'>) => Promise<void>
   /**
    * After that transaction committed: what is sent once it has (the Redis
-   * backend's publish; in a process alone on the channel, only its own
+   * backend's publish; in an API alone on the channel, only its own
    * listener is told, in-process: line-listeners.ts).
    */
   publishApplied: (message: Omit<AppliedMessage, 'type'>) => Promise<void>

@@ -132,8 +132,9 @@ export function openRedisQueueBackend (config: Config, log: Logger, role: QueueB
     // Pub/sub is not transactional: Redis hears of a batch once it has committed.
     recordApplied: async () => {},
     publishApplied: async (message) => {
-      // A direct batch's applied line is advanced by its lease's release: only the news is left to tell.
-      if (listeners?.others === false && hearHere !== undefined && message.outcomes.length > 0) {
+      // Only an API's: it announces direct batches only, whose applied line the lease's release
+      // advances, so only the news is left to tell. A worker's batch advances its line here.
+      if (role === 'api' && listeners?.others === false && hearHere !== undefined && message.outcomes.length > 0) {
         hearHere({ type: 'applied', ...message })
         return
       }

@@ -18,7 +18,7 @@ import { createPool, withTransaction } from '../../shared/db'
 import { applySaleBatch, AT_ONCE_SESSION } from '../../shared/purchases/sale-store'
 import { createTicketOption } from '../../shared/ticket-options'
 import { buildTestApp, buy, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
-import { eachQueueBackend, unbalancedOptions } from '../support/environment'
+import { createTestEnvironment, eachQueueBackend, unbalancedOptions } from '../support/environment'
 import { sample } from '../support/prometheus-text'
 import { sleep, waitFor } from '../support/wait'
 
@@ -123,6 +123,19 @@ t.test('an API alone on the outcome channel tells its direct outcomes to itself,
   t.equal(bought.statusCode, 201)
   t.ok(await waitFor(() => heard.some((m) => m.type === 'applied' && m.outcomes.some((o) => o.id === bought.json().id)), (found) => found, 3000, 10), 'the other process heard it')
   t.ok(published.length > 0, 'published')
+})
+
+t.test('a worker alone on the outcome channel still publishes its batches, and advances their applied line', async (t) => {
+  const { redis, prefix, openQueues } = await createTestEnvironment(t)
+  const queues = openQueues() // a worker's backend, subscribed as a test would
+  const heard: LineMessage[] = []
+  await queues.subscribeLineMessages((message) => { heard.push(message) }, () => {})
+  await sleep(300) // counted alone
+  const id = randomUUID()
+  const outcome = { id: randomUUID(), ticket_option_id: id, user_id: USER, quantity: 1, status: 'succeeded' as const, reason: null, available: null, used: null, reservation_id: null, cancelled_at: null, created_at: new Date().toISOString() }
+  await queues.publishApplied({ ticketOptionId: id, appliedLine: 3, count: 1, at: Date.now(), outcomes: [outcome] })
+  t.equal(await redis.get(lineAppliedKey(prefix, id)), '3', 'its line advanced: only the release of an API\'s direct lease does that for it')
+  t.ok(await waitFor(() => heard.some((m) => m.type === 'applied' && m.ticketOptionId === id), (found) => found, 3000, 10), 'published, and heard back')
 })
 
 t.test('a subscriber that does not say it listens (an older API) is found by the next count of the channel', async (t) => {
