@@ -23,29 +23,18 @@
  */
 import { execFileSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { Pool } from 'undici'
 import { round } from './latency'
-import { buildForBench, redisPids, ROOT, Stack } from './stack'
+import { buildForBench, cpuMs, cpuTimes, redisPids, ROOT, Stack } from './stack'
 import { callJson } from '../test/support/load'
 
 const env = process.env
 const PURCHASES = Number(env.SIDE_PURCHASES ?? '8000')
 const BLOCK = Number(env.SIDE_BLOCK ?? '50')
 const WARMUP = Number(env.SIDE_WARMUP ?? '3000')
-
-/** User and system CPU time of a process so far (ms); zeros once it is gone. */
-function cpuOf (pid: number): { user: number, system: number } {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return { user: Number(fields[11]) * 10, system: Number(fields[12]) * 10 }
-  } catch {
-    return { user: 0, system: 0 }
-  }
-}
 
 interface Target {
   name: string
@@ -115,12 +104,12 @@ async function buy (tally: Tally): Promise<number> {
 /** One block of purchases, with the CPU its target used meanwhile added to its tally. */
 async function block (tally: Tally): Promise<void> {
   const backends = await backendPids(tally.target)
-  const total = (pids: number[]): number => pids.reduce((sum, pid) => { const c = cpuOf(pid); return sum + c.user + c.system }, 0)
-  const server = cpuOf(tally.target.pid)
+  const total = (pids: number[]): number => pids.reduce((sum, pid) => sum + cpuMs(pid), 0)
+  const server = cpuTimes(tally.target.pid)
   const postgres = total(backends)
   const redis = total(redisPids())
   for (let i = 0; i < BLOCK; i++) tally.latencies.push(await buy(tally))
-  const serverAfter = cpuOf(tally.target.pid)
+  const serverAfter = cpuTimes(tally.target.pid)
   tally.server.user += serverAfter.user - server.user
   tally.server.system += serverAfter.system - server.system
   // Backends that ended meanwhile count nothing; the pools keep theirs open.

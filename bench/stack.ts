@@ -334,17 +334,23 @@ export class Stack {
   }
 }
 
-/** CPU time (user + system) a process has used so far, in ms; 0 once it is gone. */
-export function cpuMs (pid: number | undefined): number {
-  if (pid === undefined) return 0
+/** CPU time a process has used so far in user and in system mode, in ms; zeros once it is gone. */
+export function cpuTimes (pid: number | undefined): { user: number, system: number } {
+  if (pid === undefined) return { user: 0, system: 0 }
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     // Fields after the command name (which may hold spaces) start after the last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(fields[11]) + Number(fields[12])) * 10 // utime, stime in clock ticks of 10 ms
+    return { user: Number(fields[11]) * 10, system: Number(fields[12]) * 10 } // utime, stime in clock ticks of 10 ms
   } catch {
-    return 0
+    return { user: 0, system: 0 }
   }
+}
+
+/** CPU time (user + system) a process has used so far, in ms; 0 once it is gone. */
+export function cpuMs (pid: number | undefined): number {
+  const { user, system } = cpuTimes(pid)
+  return user + system
 }
 
 /** Pids of redis-server processes (the shared Redis), for CPU accounting. */
