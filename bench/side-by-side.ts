@@ -140,7 +140,7 @@ async function main (): Promise<void> {
     queueBackend: 'redis',
     apis: 1,
     workers: 1,
-    profile: false,
+    profile: process.argv.includes('--profile'),
     env: {},
     tsx: false,
   })

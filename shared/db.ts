@@ -16,6 +16,32 @@ import type { Logger } from 'pino'
 export type Db = pg.Pool
 export type DbClient = pg.PoolClient
 
+/**
+ * A named (prepared) statement as node-postgres' own Query. Given a config
+ * object (`query({ name, text, values })`), pg copies it descriptor by
+ * descriptor first (its cloneQueryConfig: about 1.6 µs alone, 5–7 µs a
+ * purchase in the API's profile); built from the text, it copies nothing.
+ */
+class NamedStatement extends pg.Query {
+  declare name: string
+  constructor (name: string, text: string, values: unknown[], callback?: (err: Error | undefined, result: pg.QueryResult) => void) {
+    super(text, values, callback)
+    this.name = name
+  }
+}
+
+/**
+ * Runs the statement `name` (prepared once per connection, as `query({ name,
+ * text, values })` would) on a pool or on a client; resolves to its result.
+ */
+export async function runNamed<R extends pg.QueryResultRow> (db: Db | DbClient, name: string, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
+  // The pool hands its own callback to the client it borrows, and answers with a promise.
+  if (db instanceof pg.Pool) return await (db.query(new NamedStatement(name, text, values)) as unknown as Promise<pg.QueryResult<R>>)
+  return await new Promise((resolve, reject) => {
+    db.query(new NamedStatement(name, text, values, (err, result) => { if (err != null) reject(err); else resolve(result as pg.QueryResult<R>) }))
+  })
+}
+
 /** `sessionOptions`: settings for every connection of the pool, as libpq's `options` (`-c name=value …`). */
 export function createPool (databaseUrl: string, max: number, log: Logger, sessionOptions?: string): Db {
   const pool = new pg.Pool({ connectionString: databaseUrl, max, connectionTimeoutMillis: 2000, pipeline: true, ...(sessionOptions === undefined ? {} : { options: sessionOptions }) })
