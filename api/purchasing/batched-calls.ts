@@ -7,7 +7,11 @@
  * made them, which keeps each option's line numbers and queue order the same
  * on a store with a pool of connections (PostgreSQL) as on Redis's one.
  * A batch is sent in the async context of its first caller (not of whichever
- * call came before it), so its trace span and logs belong to that request.
+ * call came before it), so its trace span and logs belong to that request:
+ * the setImmediate of a key with nothing in flight carries its caller's
+ * context itself; a batch that waits behind one in flight keeps its first
+ * caller's in an AsyncResource (made only then: a lone buyer's every call
+ * would pay for one).
  */
 import { AsyncResource } from 'node:async_hooks'
 
@@ -15,7 +19,7 @@ interface Waiting<T, R> {
   item: T
   resolve: (result: R) => void
   reject: (err: unknown) => void
-  /** set on the first of a batch: that caller's async context, to send the batch in */
+  /** set on the first of a batch that waits behind one in flight: that caller's async context, to send the batch in */
   context?: AsyncResource
 }
 
@@ -39,7 +43,7 @@ export class BatchedCalls<T, R> {
       }
       const first = state.waiting.length === 0
       // An AsyncResource, not AsyncResource.bind: bind builds two deprecation wrappers per call (Node 20), 2 % of the API's CPU in a sale.
-      state.waiting.push(first ? { item, resolve, reject, context: new AsyncResource('BatchedCalls') } : { item, resolve, reject })
+      state.waiting.push(first && state.sending ? { item, resolve, reject, context: new AsyncResource('BatchedCalls') } : { item, resolve, reject })
       // The first of a batch waits for the end of this turn, so the requests of the same turn join it.
       if (!state.sending && state.waiting.length === 1) setImmediate(() => { this.flush(key) })
     })

@@ -284,7 +284,7 @@ export class DirectSales {
       })
       if (committed !== null) {
         if (after !== null) this.remember(ticketOptionId, after)
-        transactionCommitted(span, head, committed.batch, committed.message.outcomes, committed.message.outcomes.map(outcomeStatus), startTime)
+        if (span !== undefined) transactionCommitted(span, head, committed.batch, committed.message.outcomes, committed.message.outcomes.map(outcomeStatus), startTime)
       }
       return committed
     })
@@ -346,7 +346,8 @@ export class DirectSales {
       }
       this.remember(ticketOptionId, result.after)
       const committed = appliedBatch(ticketOptionId, batch, result.outcomes)
-      transactionCommitted(span, head, batch, result.outcomes, result.outcomes.map(outcomeStatus), startTime)
+      // Tracing off (no span): no statuses built.
+      if (span !== undefined) transactionCommitted(span, head, batch, result.outcomes, result.outcomes.map(outcomeStatus), startTime)
       return committed
     })
   }
@@ -368,11 +369,8 @@ export class DirectSales {
     const release = this.putOff.get(ticketOptionId)
     if (release === undefined) return undefined
     this.putOff.delete(ticketOptionId)
-    if (this.putOff.size === 0) {
-      // A timer that fires for nothing would wake the process up once per batch.
-      clearTimeout(this.releaseTimer)
-      this.releaseTimer = undefined
-    }
+    // The timer stays: a single buyer's next batch puts a release off again within it, and
+    // clearing and setting a timer per batch cost more than its firing once for nothing.
     return { token: release.token, appliedLine: release.appliedLine }
   }
 

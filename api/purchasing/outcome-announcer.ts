@@ -27,7 +27,9 @@ export class OutcomeAnnouncer {
   add (message: Applied): void {
     if (message.outcomes.length === 0) return
     const earlier = this.pending.get(message.ticketOptionId)
-    this.pending.set(message.ticketOptionId, earlier === undefined ? message : merged(earlier, message))
+    // Its own array of outcomes, which later batches of the option are added to in place.
+    if (earlier === undefined) this.pending.set(message.ticketOptionId, { ticketOptionId: message.ticketOptionId, appliedLine: message.appliedLine, count: message.count, at: message.at, outcomes: message.outcomes.slice() })
+    else mergeInto(earlier, message)
     this.timer ??= setTimeout(() => { void this.flush() }, this.delayMs)
   }
 
@@ -46,7 +48,9 @@ export class OutcomeAnnouncer {
   }
 }
 
-function merged (a: Applied, b: Applied): Applied {
-  const appliedLine = a.appliedLine === null ? b.appliedLine : b.appliedLine === null ? a.appliedLine : Math.max(a.appliedLine, b.appliedLine)
-  return { ticketOptionId: a.ticketOptionId, appliedLine, count: a.count + b.count, at: Math.max(a.at, b.at), outcomes: [...a.outcomes, ...b.outcomes] }
+function mergeInto (a: Applied, b: Applied): void {
+  a.appliedLine = a.appliedLine === null ? b.appliedLine : b.appliedLine === null ? a.appliedLine : Math.max(a.appliedLine, b.appliedLine)
+  a.count += b.count
+  a.at = Math.max(a.at, b.at)
+  for (const outcome of b.outcomes) a.outcomes.push(outcome)
 }

@@ -25,25 +25,37 @@ export interface SubmitAnswers<T> {
   idField: 'purchase_id' | 'reservation_id'
 }
 
-export async function answerSubmit<T extends { id: string, quantity: number, reason: string | null, available: number | null, used: number | null }> (
+/**
+ * Sets the answer's status and headers on `reply` and returns its body, for
+ * the route to return: Fastify then sends it. (A route that awaits
+ * `reply.send()` makes Fastify watch the response stream until it ends,
+ * on every purchase.)
+ */
+export function answerSubmit<T extends { id: string, quantity: number, reason: string | null, available: number | null, used: number | null }> (
   reply: FastifyReply, result: SubmitResult<T>, answers: SubmitAnswers<T>
-): Promise<FastifyReply> {
+) {
   switch (result.kind) {
     case 'option_not_found':
       throw new TicketOptionNotFoundError(answers.ticketOptionId)
     case 'idempotency_key_reused':
       throw new IdempotencyKeyReusedError()
     case 'quantity_over_limit':
-      return await reply.code(422).send(quantityOverLimit(answers.requested, result.limit))
+      void reply.code(422)
+      return quantityOverLimit(answers.requested, result.limit)
     case 'pending':
       if (answers.respondAsync) void reply.header('preference-applied', 'respond-async')
-      return await reply.code(202).header('location', answers.location(result.id)).send({ id: result.id, status: 'pending', ...result.place })
+      void reply.code(202).header('location', answers.location(result.id))
+      return { id: result.id, status: 'pending' as const, ...result.place }
     case 'recorded': {
       const created = answers.created(result.record)
-      if (created !== null) return await reply.code(201).header('location', answers.location(result.record.id)).send(created)
+      if (created !== null) {
+        void reply.code(201).header('location', answers.location(result.record.id))
+        return created
+      }
       const refused = rejectionBody(result.record, result.limits, answers.idField)
       if (refused.statusCode === 503) void reply.header('retry-after', String(RETRY_AFTER_SECONDS))
-      return await reply.code(refused.statusCode).send(refused)
+      void reply.code(refused.statusCode)
+      return refused
     }
   }
 }

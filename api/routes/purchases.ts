@@ -66,7 +66,7 @@ const purchaseRoutes: FastifyPluginAsyncTypebox = async (app) => {
       quantity,
       requestId: String(request.id),
     }, { idempotencyKey: request.headers['idempotency-key'], respondAsync })
-    return await answerSubmit(reply, result, {
+    return answerSubmit(reply, result, {
       ticketOptionId,
       respondAsync,
       requested: quantity,

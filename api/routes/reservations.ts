@@ -68,7 +68,7 @@ const reservationRoutes: FastifyPluginAsyncTypebox = async (app) => {
       holdSeconds,
       requestId: String(request.id),
     }, { idempotencyKey: request.headers['idempotency-key'], respondAsync })
-    return await answerSubmit(reply, result, {
+    return answerSubmit(reply, result, {
       ticketOptionId,
       respondAsync,
       requested: quantity,
