@@ -229,6 +229,36 @@ export type AtOnceResult =
 export const AT_ONCE_SESSION = '-c plan_cache_mode=force_generic_plan -c enable_seqscan=off'
 
 /**
+ * The statement of applyPurchasesAtOnce (its parameters are documented there).
+ * Built once: a text built per call is compared with the prepared one by
+ * node-postgres on every run, and a freshly concatenated string is flattened
+ * first (1.5 kB a purchase).
+ */
+const AT_ONCE_STATEMENT = `with locked as (
+     select allocation, held, max_per_purchase, max_per_user from ticket_options where id = $1::uuid for update
+   ), guard as (
+     select exists (select 1 from direct_fences where ticket_option_id = $1::uuid and token = $9::text) as fence_up,
+            allocation = $3::integer and held = $4::integer and max_per_purchase is not distinct from $5::integer and max_per_user is null
+            and clock_timestamp() - transaction_timestamp() < $6::integer * interval '1 millisecond' as as_expected
+       from locked
+   ), new_purchases as (
+     insert into purchases (id, ticket_option_id, user_id, quantity, status, reason, available, used, request_id, enqueued_at)
+     select p.id, $1::uuid, p.user_id, p.quantity, p.status, p.reason, p.available, p.used, p.request_id, to_timestamp(p.enqueued_at / 1000.0)
+       from rows from (json_to_recordset($2::json) as (id uuid, user_id uuid, quantity integer, status text, reason text,
+            available integer, used integer, request_id text, enqueued_at bigint)) with ordinality as p
+      where (select as_expected and not fence_up from guard)
+      order by p.ordinality
+     returning id, ${iso('created_at')} as created_at
+   ), counters as (
+     update ticket_options set allocation = $7::integer, held = $8::integer, updated_at = now()
+      where id = $1::uuid and (select as_expected and not fence_up from guard) and (allocation <> $7::integer or held <> $8::integer)
+   )
+   select p.id, p.created_at,
+          case when p.id is null then json_build_object('allocation', l.allocation, 'held', l.held, 'max_per_purchase', l.max_per_purchase,
+            'max_per_user', l.max_per_user, 'fence_up', (select fence_up from guard)) end as found
+     from locked l left join new_purchases p on true`
+
+/**
  * A batch of new purchases of one option without a per-user limit, as ONE
  * statement committed on its own: decided from `expected` (the option as
  * this process last left it) before anything is read, then written only if
@@ -282,29 +312,7 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
     enqueued_at: request.enqueuedAt,
   }))
   const { rows } = await runNamed<{ id: string | null, created_at: string | null, found: (LockedOption & { fence_up: boolean }) | null }>(db, 'sale-purchases-at-once',
-    `with locked as (
-       select allocation, held, max_per_purchase, max_per_user from ticket_options where id = $1::uuid for update
-     ), guard as (
-       select exists (select 1 from direct_fences where ticket_option_id = $1::uuid and token = $9::text) as fence_up,
-              allocation = $3::integer and held = $4::integer and max_per_purchase is not distinct from $5::integer and max_per_user is null
-              and clock_timestamp() - transaction_timestamp() < $6::integer * interval '1 millisecond' as as_expected
-         from locked
-     ), new_purchases as (
-       insert into purchases (id, ticket_option_id, user_id, quantity, status, reason, available, used, request_id, enqueued_at)
-       select p.id, $1::uuid, p.user_id, p.quantity, p.status, p.reason, p.available, p.used, p.request_id, to_timestamp(p.enqueued_at / 1000.0)
-         from rows from (json_to_recordset($2::json) as (id uuid, user_id uuid, quantity integer, status text, reason text,
-              available integer, used integer, request_id text, enqueued_at bigint)) with ordinality as p
-        where (select as_expected and not fence_up from guard)
-        order by p.ordinality
-       returning id, ${iso('created_at')} as created_at
-     ), counters as (
-       update ticket_options set allocation = $7::integer, held = $8::integer, updated_at = now()
-        where id = $1::uuid and (select as_expected and not fence_up from guard) and (allocation <> $7::integer or held <> $8::integer)
-     )
-     select p.id, p.created_at,
-            case when p.id is null then json_build_object('allocation', l.allocation, 'held', l.held, 'max_per_purchase', l.max_per_purchase,
-              'max_per_user', l.max_per_user, 'fence_up', (select fence_up from guard)) end as found
-       from locked l left join new_purchases p on true`,
+    AT_ONCE_STATEMENT,
     [ticketOptionId, JSON.stringify(purchases), expected.available, expected.held, expected.maxPerPurchase, Math.floor(lockWithinMs), available, held, fencedBy])
   const [first] = rows
   if (first === undefined) throw new UnknownTicketOptionError(`ticket option ${ticketOptionId} does not exist`)
