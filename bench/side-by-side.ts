@@ -15,6 +15,7 @@
  *
  *   npm run bench:side-by-side
  *   npm run bench:side-by-side -- --against HEAD~1
+ *   npm run bench:side-by-side -- --profile   (--cpu-prof on every server, as BENCH_PROFILE=1)
  *   SIDE_PURCHASES=8000 SIDE_BLOCK=50 (per target, after SIDE_WARMUP=3000 each)
  *
  * Needs PostgreSQL and Redis as `npm run bench` does (BENCH_DATABASE_URL,

@@ -24,22 +24,23 @@ export type DbClient = pg.PoolClient
  */
 class NamedStatement extends pg.Query {
   declare name: string
-  constructor (name: string, text: string, values: unknown[], callback?: (err: Error | undefined, result: pg.QueryResult) => void) {
-    super(text, values, callback)
+  constructor (name: string, text: string, values: unknown[]) {
+    super(text, values)
     this.name = name
   }
 }
 
 /**
- * Runs the statement `name` (prepared once per connection, as `query({ name,
- * text, values })` would) on a pool or on a client; resolves to its result.
+ * Runs the statement `name` on a client of the pool (prepared once per
+ * connection, as `pool.query({ name, text, values })` would); resolves to its
+ * result, rejects with PostgreSQL's error. For statements on a purchase's
+ * path: `text` should be a constant (pg compares it with the prepared one on
+ * every run).
  */
-export async function runNamed<R extends pg.QueryResultRow> (db: Db | DbClient, name: string, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
-  // The pool hands its own callback to the client it borrows, and answers with a promise.
-  if (db instanceof pg.Pool) return await (db.query(new NamedStatement(name, text, values)) as unknown as Promise<pg.QueryResult<R>>)
-  return await new Promise((resolve, reject) => {
-    db.query(new NamedStatement(name, text, values, (err, result) => { if (err != null) reject(err); else resolve(result as pg.QueryResult<R>) }))
-  })
+export async function runNamed<R extends pg.QueryResultRow> (pool: Db, name: string, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
+  // Given a Query, the pool hands the client it borrows its own callback, and answers with a
+  // promise (the types say it returns the Query, as a client's query does).
+  return await (pool.query(new NamedStatement(name, text, values)) as unknown as Promise<pg.QueryResult<R>>)
 }
 
 /** `sessionOptions`: settings for every connection of the pool, as libpq's `options` (`-c name=value …`). */
