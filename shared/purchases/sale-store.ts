@@ -229,10 +229,13 @@ export type AtOnceResult =
 export const AT_ONCE_SESSION = '-c plan_cache_mode=force_generic_plan -c enable_seqscan=off'
 
 /**
- * The statement of applyPurchasesAtOnce (its parameters are documented there).
- * Built once: a text built per call is compared with the prepared one by
- * node-postgres on every run, and a freshly concatenated string is flattened
- * first (1.5 kB a purchase).
+ * The statement of applyPurchasesAtOnce: $1 the option, $2 its purchases to
+ * write (json: an array of rows of `purchases`), $3–$5 the option as expected
+ * (available, held, max_per_purchase), $6 how soon the row lock must come
+ * (ms), $7–$8 available and held after the batch, $9 the token of the lease
+ * held from an earlier batch (null: none). Built once: a text built per call
+ * is compared with the prepared one by node-postgres on every run, and a
+ * freshly concatenated string is flattened first (1.5 kB a purchase).
  */
 const AT_ONCE_STATEMENT = `with locked as (
      select allocation, held, max_per_purchase, max_per_user from ticket_options where id = $1::uuid for update
