@@ -121,6 +121,8 @@ interface NewRecordKind<T> {
 
 export class SaleService {
   private readonly knownOptions = new KnownOptions()
+  /** The sends of keyed requests of this process, by id, until each is queued or applied (see `follow`). */
+  private readonly keyedSends = new Map<string, Promise<void>>()
 
   constructor (private readonly deps: SaleServiceDeps) {}
 
@@ -273,9 +275,11 @@ export class SaleService {
     // Registered before the add, so an outcome published at once is not missed.
     const wait = waitMs > 0 ? this.deps.waiter.wait(jobId, waitMs, async () => await find(this.deps.db, request.ticketOptionId, jobId)) : null
     let ticket: number
+    // A buyer who asked not to wait (respond-async) is queued: the answer is 202 either way.
+    const sending = this.send(request, wait !== null)
+    if (key !== null) this.keyedSends.set(jobId, sending.then(() => {}, () => {}))
     try {
-      // A buyer who asked not to wait (respond-async) is queued: the answer is 202 either way.
-      const sent = await this.send(request, wait !== null)
+      const sent = await sending
       if (sent.kind === 'applied') {
         wait?.cancel()
         return this.answered({ kind: 'recorded', record: sent.outcome as T }, request)
@@ -284,6 +288,8 @@ export class SaleService {
     } catch (err) {
       wait?.cancel()
       return await this.notQueued(request, key, err)
+    } finally {
+      if (key !== null) this.keyedSends.delete(jobId)
     }
     const record = wait === null
       ? null
@@ -352,11 +358,16 @@ export class SaleService {
    * enqueued, or has not enqueued yet), its job is added again: the job id is
    * its id, so an existing job is left alone, and should the first request's
    * enqueue fail after all, it voids it, and this job changes nothing.
+   * When the first request is this process's own, still being sent, that
+   * send is awaited first: it queues or applies the request itself, and a job
+   * added here for a purchase it is applying directly would hold the option
+   * off the direct path until a worker took that job.
    */
   private async follow<T extends PurchaseRecord | ReservationRecord> (request: PurchaseRequest | HoldRequest, find: NewRecordKind<T>['find'], waitMs: number): Promise<QueuedResult<T> | null> {
     const { db, waiter, log } = this.deps
     const { ticketOptionId } = request
     const id = jobIdOf(request)
+    await this.keyedSends.get(id)
     // Registered before anything is read, so an outcome published from now on is not missed.
     const wait = waiter.wait(id, waitMs, async () => await find(db, ticketOptionId, id))
     let recorded: T | null

@@ -101,13 +101,10 @@ t.test('an API alone on the outcome channel tells its direct outcomes to itself,
     if (args[0]?.toLowerCase() === 'publish' && args[1] === channel && args[2]?.startsWith('{"type":"listening"') !== true) published.push(args[2] ?? '')
   })
   const id = await createOption(app, 100)
-  // Its own option: a follower that finds its key's purchase not yet recorded queues its job again (sale-service.ts follow),
-  // which, with no worker here, would keep the option from the direct path.
-  const keyed = await createOption(app, 100)
   await sleep(300) // its first count of the channel's subscribers
 
   // A keyed request that follows another with the same key waits for its outcome: told in-process, not after the wait limit.
-  const [leader, follower] = await Promise.all([buy(app, keyed, { key: 'alone' }), buy(app, keyed, { key: 'alone' })])
+  const [leader, follower] = await Promise.all([buy(app, id, { key: 'alone' }), buy(app, id, { key: 'alone' })])
   t.same([leader.statusCode, follower.statusCode], [201, 201])
   t.equal(follower.body, leader.body, 'the same purchase')
   t.ok(Math.max(leader.tookMs, follower.tookMs) < 2500, `both answered well within the wait limit (${leader.tookMs}, ${follower.tookMs} ms)`)
@@ -124,6 +121,23 @@ t.test('an API alone on the outcome channel tells its direct outcomes to itself,
   t.ok(await waitFor(() => heard.some((m) => m.type === 'applied' && m.outcomes.some((o) => o.id === bought.json().id)), (found) => found, 3000, 10), 'the other process heard it')
   // MONITOR's copy of the PUBLISH comes on another connection than the message itself: it may come second.
   t.ok(await waitFor(() => published.length > 0, (found) => found, 3000, 10), 'published')
+})
+
+t.test('a keyed request that follows one being applied directly does not queue its job again: the option stays on the direct path', async (t) => {
+  const { app, openQueues } = await setUp(t, { worker: false, env: { PURCHASE_WAIT_MS: '3000' } })
+  const id = await createOption(app, 100)
+  t.equal((await buy(app, id)).statusCode, 201, 'the option goes direct')
+  for (let round = 0; round < 5; round++) {
+    const [leader, follower] = await Promise.all([buy(app, id, { key: `twice-${round}` }), buy(app, id, { key: `twice-${round}` })])
+    t.same([leader.statusCode, follower.statusCode], [201, 201], `round ${round}: both answered`)
+    t.equal(follower.body, leader.body, `round ${round}: the same purchase`)
+  }
+  const queues = openQueues()
+  const queue = queues.createQueue(purchaseQueueName(id))
+  t.teardown(async () => { await queue.close() })
+  t.same(await queues.waitingData(queue, 10), [], 'no job was queued for a purchase applied directly')
+  const after = await buy(app, id)
+  t.equal(after.statusCode, 201, 'with no worker running, the next purchase still goes direct')
 })
 
 t.test('a worker alone on the outcome channel still publishes its batches, and advances their applied line', async (t) => {
