@@ -421,6 +421,9 @@ t.test('DirectSales: a batch at once whose row lock comes after half the lease w
   const queued: PurchaseRequest[][] = []
   const sales = make({ atOnce, transactions, leaseMs: 400, queues: { enqueueAhead: async (batch) => { queued.push(batch as PurchaseRequest[]) } } })
   t.equal((await sales.apply(request())).kind, 'applied', 'learns the option')
+  // Past its put-off release, so the next batch claims: on the lease still held, a late statement is retried the usual way
+  // (applyOnHeldLease), which by then finds the row free.
+  t.equal(await waitFor(async () => await redis.exists(directLeaseKey(prefix, id)), (n) => n === 0, 3000, 5), 0, 'the lease is dropped')
 
   const late = await whileRowLocked(t, sql, id, 300, async () => await sales.apply(request())) // past half the lease
   t.same(late, { kind: 'queued', line: 2 } satisfies DirectResult)
