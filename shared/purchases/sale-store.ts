@@ -284,36 +284,24 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
   // Usage would need a read before deciding: an option with a per-user limit takes applySaleBatch.
   if (expected.maxPerUser !== null) throw new Error('a batch decided at once needs an option without a per-user limit')
   const { decisions, available, held } = decideBatch({ option: { ...expected }, purchases: new Map(), reservations: new Map(), recordedHolds: new Set(), usage: new Map(), now: Date.now() }, requests)
-  // Each purchase to write as its record will read: all but created_at, which PostgreSQL gives.
-  const written: Array<{ request: PurchaseRequest, record: PurchaseRecord }> = []
+  // In one pass, each purchase to write: its record as it will read (all but created_at, which
+  // PostgreSQL gives), by id, and its row of the statement's ONE json parameter. One parameter,
+  // not an array per column: node-postgres encodes each parameter on its own, an array element
+  // by element, which cost the API more CPU than json_to_recordset costs PostgreSQL. Back comes
+  // one row per purchase written, its id and time, or one row whose `found` tells how the
+  // option stood when nothing was written: few columns, as each costs the client a parser and
+  // a field per row.
+  const byId = new Map<string, PurchaseRecord>()
+  const purchases: unknown[] = []
   for (let i = 0; i < requests.length; i++) {
     const request = requests[i] as PurchaseRequest
     const d = decisions[i] as Decision
     // Not a purchase decision: the same id twice in the batch, applied once.
     if (d.kind !== 'purchase') continue
     const { reason, available: availableBefore, used } = refusalColumns(d)
-    written.push({
-      request,
-      record: { id: request.purchaseId, ticket_option_id: ticketOptionId, user_id: request.userId, quantity: request.quantity, status: d.status, reason, available: availableBefore, used, reservation_id: null, cancelled_at: null, created_at: '' },
-    })
+    byId.set(request.purchaseId, { id: request.purchaseId, ticket_option_id: ticketOptionId, user_id: request.userId, quantity: request.quantity, status: d.status, reason, available: availableBefore, used, reservation_id: null, cancelled_at: null, created_at: '' })
+    purchases.push({ id: request.purchaseId, user_id: request.userId, quantity: request.quantity, status: d.status, reason, available: availableBefore, used, request_id: request.requestId, enqueued_at: request.enqueuedAt })
   }
-  // The purchases go as ONE json parameter, not an array per column: node-postgres encodes
-  // each parameter on its own, an array element by element, which cost the API more CPU
-  // than json_to_recordset costs PostgreSQL. Back comes one row per purchase written, its id
-  // and time (the rest of its record is what was decided here), or one row whose `found`
-  // tells how the option stood when nothing was written: few columns, as each costs the
-  // client a parser and a field per row.
-  const purchases = written.map(({ request, record }) => ({
-    id: record.id,
-    user_id: record.user_id,
-    quantity: record.quantity,
-    status: record.status,
-    reason: record.reason,
-    available: record.available,
-    used: record.used,
-    request_id: request.requestId,
-    enqueued_at: request.enqueuedAt,
-  }))
   const { rows } = await runNamed<{ id: string | null, created_at: string | null, found: (LockedOption & { fence_up: boolean }) | null }>(db, 'sale-purchases-at-once',
     AT_ONCE_STATEMENT,
     [ticketOptionId, JSON.stringify(purchases), expected.available, expected.held, expected.maxPerPurchase, Math.floor(lockWithinMs), available, held, fencedBy])
@@ -325,7 +313,6 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
     const asExpected = found.available === expected.available && found.held === expected.held && found.maxPerPurchase === expected.maxPerPurchase && found.maxPerUser === null
     return asExpected ? { kind: 'late' } : { kind: 'stale', found }
   }
-  const byId = new Map(written.map(({ record }) => [record.id, record]))
   for (const row of rows) (byId.get(row.id as string) as PurchaseRecord).created_at = row.created_at as string
   const after: OptionState = { available, held, maxPerPurchase: expected.maxPerPurchase, maxPerUser: expected.maxPerUser }
   return { kind: 'applied', outcomes: requests.map((r) => byId.get(r.purchaseId) as PurchaseRecord), after }
