@@ -6,11 +6,12 @@
  * Keep in sync with README.md "Metrics".
  * @see https://github.com/siimon/prom-client
  */
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { Logger } from 'pino'
 import type { PurchaseObserver } from '../purchasing/sale-service'
 import type { Db } from '../../shared/db'
 import { registerDependencyGauge } from '../../shared/dependency-gauge'
+import { collectProcessMetrics } from '../../shared/process-metrics'
 import type { QueueStore } from '../../shared/health-checks'
 import { QUEUE_STATES, type QueueDepths } from './queue-depths'
 import { TICKET_STOCK_TOP, type TicketStock } from './ticket-stock'
@@ -111,7 +112,7 @@ export class ApiMetrics implements PurchaseObserver {
   private log: Logger | undefined
 
   constructor () {
-    collectDefaultMetrics({ register: this.registry })
+    collectProcessMetrics(this.registry)
   }
 
   /** Starts reporting queue depths, read from Redis on each scrape. */

@@ -7,9 +7,10 @@
  * Keep in sync with README.md "Metrics".
  * @see https://github.com/siimon/prom-client
  */
-import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client'
+import { Counter, Histogram, Registry } from 'prom-client'
 import type { Db } from '../../shared/db'
 import { registerDependencyGauge } from '../../shared/dependency-gauge'
+import { collectProcessMetrics } from '../../shared/process-metrics'
 import type { QueueStore } from '../../shared/health-checks'
 
 /** Seconds; a batch transaction takes a few ms, a slow one under load some hundreds. */
@@ -65,7 +66,7 @@ export class WorkerMetrics {
   private readonly labelled = new Map<string, true>()
 
   constructor () {
-    collectDefaultMetrics({ register: this.registry })
+    collectProcessMetrics(this.registry)
   }
 
   /** Starts reporting `dependency_up`, checked on each scrape. */
