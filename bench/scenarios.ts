@@ -149,7 +149,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     quantity: () => 1,
     expectSoldOut: true,
   },
-  latency: { name: 'latency', description: 'one option, allocation 2000, 500 × quantity 1, sequential (concurrency 1)', concurrency: 1, total: 500, options: 1, allocation: 2000, quantity: () => 1, expectSoldOut: false },
+  latency: { name: 'latency', description: 'one option, allocation 4000, 2000 × quantity 1, sequential (concurrency 1)', concurrency: 1, total: 2000, options: 1, allocation: 4000, quantity: () => 1, expectSoldOut: false },
 }
 
 export function soakScenario (seconds: number): Scenario {
