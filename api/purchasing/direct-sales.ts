@@ -284,7 +284,7 @@ export class DirectSales {
       })
       if (committed !== null) {
         if (after !== null) this.remember(ticketOptionId, after)
-        if (span !== undefined) transactionCommitted(span, head, committed.batch, committed.message.outcomes, committed.message.outcomes.map(outcomeStatus), startTime)
+        transactionCommitted(span, head, committed.batch, committed.message.outcomes, outcomeStatus, startTime)
       }
       return committed
     })
@@ -346,8 +346,7 @@ export class DirectSales {
       }
       this.remember(ticketOptionId, result.after)
       const committed = appliedBatch(ticketOptionId, batch, result.outcomes)
-      // Tracing off (no span): no statuses built.
-      if (span !== undefined) transactionCommitted(span, head, batch, result.outcomes, result.outcomes.map(outcomeStatus), startTime)
+      transactionCommitted(span, head, batch, result.outcomes, outcomeStatus, startTime)
       return committed
     })
   }

@@ -134,13 +134,13 @@ export async function inTransactionSpan<T> (held: SaleRequest, fn: (span: Span |
 /**
  * After the commit: the held request's span gets the batch size and its
  * outcome, and every other request the transaction committed gets a span of
- * the same times in its own trace, linked to this one. `statuses[i]` is the
- * label of `outcomes[i]`. Tracing off (no span): nothing is built.
+ * the same times in its own trace, linked to this one. `label` names an
+ * outcome's status. Tracing off (no span): nothing is built, no label made.
  */
-export function transactionCommitted (span: Span | undefined, held: SaleRequest, batch: readonly SaleRequest[], outcomes: ReadonlyArray<{ id: string }>, statuses: readonly string[], startTime: number): void {
+export function transactionCommitted<O extends { id: string }> (span: Span | undefined, held: SaleRequest, batch: readonly SaleRequest[], outcomes: readonly O[], label: (outcome: O) => string, startTime: number): void {
   if (span === undefined) return
   const endTime = Date.now()
-  const statusOf = new Map(outcomes.map((o, i) => [o.id, statuses[i] ?? 'unknown']))
+  const statusOf = new Map(outcomes.map((o) => [o.id, label(o)]))
   const heldId = jobIdOf(held)
   span.setAttributes({ [PurchaseAttribute.batchSize]: batch.length, [PurchaseAttribute.outcome]: statusOf.get(heldId) ?? 'not in this batch' })
   const tracer = trace.getTracer(TRACER_NAME)

@@ -202,7 +202,7 @@ export function createPurchaseProcessor (queue: Queue, deps: PurchaseProcessorDe
       })
       const statuses = applied.message.outcomes.map(outcomeStatus)
       deps.metrics?.batchApplied(Number(process.hrtime.bigint() - began) / 1e9, statuses)
-      transactionCommitted(span, held, applied.batch, applied.message.outcomes, statuses, startTime)
+      transactionCommitted(span, held, applied.batch, applied.message.outcomes, outcomeStatus, startTime)
       return applied
     }), jobLog)
   }
