@@ -347,10 +347,34 @@ export function cpuTimes (pid: number | undefined): { user: number, system: numb
   }
 }
 
-/** CPU time (user + system) a process has used so far, in ms; 0 once it is gone. */
+/**
+ * CPU time a process has used so far, in ms; 0 once it is gone. Summed over
+ * its threads' run time in /proc/<pid>/task/<tid>/schedstat, in nanoseconds:
+ * `cpuTimes`' 10 ms ticks moved a single buyer's figures by about 2 % (a block
+ * of 50 purchases is 15–20 ms of an API's CPU). Ticks only where the kernel
+ * keeps no schedstat.
+ */
 export function cpuMs (pid: number | undefined): number {
-  const { user, system } = cpuTimes(pid)
-  return user + system
+  if (pid === undefined) return 0
+  let tids: string[]
+  try {
+    tids = readdirSync(`/proc/${pid}/task`)
+  } catch {
+    return 0
+  }
+  let ns = 0
+  for (const tid of tids) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0])
+    } catch (err) {
+      // A thread that ended meanwhile counts nothing; no schedstat at all: ticks.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        const { user, system } = cpuTimes(pid)
+        return user + system
+      }
+    }
+  }
+  return ns / 1e6
 }
 
 /** Pids of redis-server processes (the shared Redis), for CPU accounting. */
