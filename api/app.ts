@@ -12,6 +12,7 @@ import sse from '@fastify/sse'
 import type { Config, TrustProxy } from '../shared/config'
 import { loggerOptions } from '../shared/logger'
 import { clientErrorHandler, frameworkErrorHandler } from './client-errors'
+import { requestLogger } from './request-logger'
 import bodyDeadline from './plugins/body-deadline'
 import dashboard from './plugins/dashboard'
 import errorHandler from './plugins/error-handler'
@@ -61,6 +62,7 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
   const app = Fastify({
     logger: options.logger ?? loggerOptions(config, 'api'),
     genReqId: requestId,
+    childLoggerFactory: requestLogger,
     requestIdHeader: false,
     bodyLimit: config.bodyLimitBytes,
     // REQUEST_TIMEOUT_MS, longer than PURCHASE_WAIT_MS (checked in shared/config.ts): a request
@@ -82,7 +84,7 @@ export async function buildApp (config: Config, options: BuildAppOptions = {}): 
   // Only JSON bodies are accepted: anything else is a 415 (API.md "Errors").
   app.removeContentTypeParser(['text/plain'])
 
-  app.addHook('onRequest', async (request, reply) => { reply.header('x-request-id', request.id) })
+  app.addHook('onRequest', (request, reply, done) => { reply.header('x-request-id', request.id); done() })
 
   for (const schema of [
     ErrorSchema, TicketOptionSchema, LedgerSchema, QueueLineSchema, PurchaseSchema, CancelledPurchaseSchema, NotEnoughTicketsSchema, PurchaseRefusedSchema,

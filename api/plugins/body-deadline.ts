@@ -30,8 +30,11 @@ function hasBody (request: FastifyRequest): boolean {
 async function bodyDeadlinePlugin (app: FastifyInstance, { timeoutMs }: BodyDeadlineOptions): Promise<void> {
   const cutOff = new WeakSet<FastifyRequest>()
 
-  app.addHook('preParsing', async (request, _reply, payload) => {
-    if (!hasBody(request) || request.raw.complete) return payload
+  app.addHook('preParsing', (request, _reply, payload, done) => {
+    if (!hasBody(request) || request.raw.complete) {
+      done(null, payload)
+      return
+    }
     const timer = setTimeout(() => {
       cutOff.add(request)
       request.log.info({ timeoutMs }, 'request body too slow, cut off')
@@ -43,13 +46,13 @@ async function bodyDeadlinePlugin (app: FastifyInstance, { timeoutMs }: BodyDead
     const settle = (): void => { clearTimeout(timer) }
     payload.once('end', settle)
     payload.once('close', settle)
-    return payload
+    done(null, payload)
   })
 
   // The rest of a cut-off body may still be on its way: the connection cannot carry another request.
-  app.addHook('onSend', async (request, reply, payload) => {
+  app.addHook('onSend', (request, reply, payload, done) => {
     if (cutOff.has(request)) reply.header('connection', 'close')
-    return payload
+    done(null, payload)
   })
 }
 

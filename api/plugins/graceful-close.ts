@@ -32,15 +32,17 @@ async function gracefulClosePlugin (app: FastifyInstance): Promise<void> {
   // (before the sweep above reaches it) gets the service's own 503, with a
   // code and Retry-After, where Fastify's return503OnClosing would send a
   // body without either.
-  app.addHook('onRequest', async (_request, reply) => {
-    if (!closing) return
-    return await reply.code(503).header('retry-after', String(RETRY_AFTER_SECONDS)).header('connection', 'close')
-      .send(catalogueBody('SHUTTING_DOWN'))
+  app.addHook('onRequest', (_request, reply, done) => {
+    if (!closing) {
+      done()
+      return
+    }
+    reply.code(503).header('retry-after', String(RETRY_AFTER_SECONDS)).header('connection', 'close').send(catalogueBody('SHUTTING_DOWN'))
   })
 
-  app.addHook('onSend', async (_request, reply, payload) => {
+  app.addHook('onSend', (_request, reply, payload, done) => {
     if (closing) reply.header('connection', 'close')
-    return payload
+    done(null, payload)
   })
 
   app.addHook('onClose', async () => { clearInterval(sweeper) })

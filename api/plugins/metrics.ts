@@ -21,11 +21,12 @@ async function metricsPlugin (app: FastifyInstance): Promise<void> {
   const metrics = new ApiMetrics()
   app.decorate('metrics', metrics)
 
-  app.addHook('onResponse', async (request, reply) => {
+  app.addHook('onResponse', (request, reply, done) => {
     // The route pattern (e.g. /ticket_options/:id/purchases), never the raw
     // URL, so the label set stays bounded; no route matched: one label.
     const route = request.is404 ? null : (request.routeOptions.url ?? null)
     metrics.requestAnswered(request.method, route, reply.statusCode, reply.elapsedTime / 1000)
+    done()
   })
 }
 

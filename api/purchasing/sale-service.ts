@@ -24,7 +24,7 @@ import { createTicketOption, ticketOptionLimits, type NewTicketOption, type Tick
 import { KnownOptions } from './known-options'
 import type { DirectFences } from './direct-fences'
 import type { DirectSales } from './direct-sales'
-import type { OutcomeWaiter } from './outcome-waiter'
+import type { OutcomeWait, OutcomeWaiter } from './outcome-waiter'
 import type { PurchaseQueues } from './purchase-queues'
 import type { QueueBackpressure } from './queue-backpressure'
 import type { LineSnapshot, Place, QueueLine } from './queue-line'
@@ -46,8 +46,13 @@ type QueuedResult<T> =
   | { kind: 'recorded', record: T }
   | Extract<SubmitResult<T>, { kind: 'pending' | 'idempotency_key_reused' }>
 
-/** Where a request went: applied at once (the direct path), or queued under its line number. */
-type Sent = { kind: 'applied', outcome: SaleOutcome } | { kind: 'queued', ticket: number }
+/**
+ * Where a request went: applied at once (the direct path, where nobody waits for a message), or
+ * queued under its line number, with its wait for the outcome (null: nobody waits). `late`: the
+ * wait began after the request was queued (its direct batch failed and was queued instead), so
+ * its outcome may have been told before.
+ */
+type Sent = { kind: 'applied', outcome: SaleOutcome } | { kind: 'queued', ticket: number, wait: OutcomeWait | null, late: boolean }
 
 /** The answer to a confirmation, release or cancellation. */
 export type ChangeResult =
@@ -231,19 +236,28 @@ export class SaleService {
 
   /**
    * Applies the request at once when its option has nobody in line and
-   * `direct` allows it (direct-sales.ts), else adds its job; throws as
-   * addJob does, or the direct batch's error when it could be neither
-   * applied nor queued.
+   * somebody waits (`wait`, which begins the wait for its outcome), else
+   * adds its job; throws as addJob does, or the direct batch's error when it
+   * could be neither applied nor queued. The wait begins before the job is
+   * added, so an outcome told at once is not missed, and only then: a
+   * request applied here has its outcome in hand (a wait per purchase cost a
+   * single buyer a timer, a promise and two map entries).
    */
-  private async send (request: SaleRequest, direct: boolean): Promise<Sent> {
-    if (direct && this.deps.direct !== undefined) {
+  private async send (request: SaleRequest, wait: (() => OutcomeWait) | null): Promise<Sent> {
+    if (wait !== null && this.deps.direct !== undefined) {
       // Tracing on: carried like a job's, so the spans of a batch of several join each request's trace.
       const traceContext = currentTraceContext()
       const result = await this.deps.direct.apply(traceContext === undefined ? request : { ...request, traceContext })
       if (result.kind === 'applied') return result
-      if (result.kind === 'queued') return { kind: 'queued', ticket: result.line }
+      if (result.kind === 'queued') return { kind: 'queued', ticket: result.line, wait: wait(), late: true }
     }
-    return { kind: 'queued', ticket: await this.addJob(request) }
+    const waiting = wait === null ? null : wait()
+    try {
+      return { kind: 'queued', ticket: await this.addJob(request), wait: waiting, late: false }
+    } catch (err) {
+      waiting?.cancel()
+      throw err
+    }
   }
 
   /** Awaits an outcome (`outcome` resolves null when none is known), traced as the request's `purchase wait` span. */
@@ -272,28 +286,31 @@ export class SaleService {
    */
   private async enqueueAndWait<T extends PurchaseRecord | ReservationRecord> (request: PurchaseRequest | HoldRequest, key: string | null, find: NewRecordKind<T>['find'], waitMs: number): Promise<QueuedResult<T>> {
     const jobId = jobIdOf(request)
-    // Registered before the add, so an outcome published at once is not missed.
-    const wait = waitMs > 0 ? this.deps.waiter.wait(jobId, waitMs, async () => await find(this.deps.db, request.ticketOptionId, jobId)) : null
-    let ticket: number
+    const lookup = async (): Promise<T | null> => await find(this.deps.db, request.ticketOptionId, jobId)
     // A buyer who asked not to wait (respond-async) is queued: the answer is 202 either way.
-    const sending = this.send(request, wait !== null)
+    const sending = this.send(request, waitMs > 0 ? () => this.deps.waiter.wait(jobId, waitMs, lookup) : null)
     if (key !== null) this.keyedSends.set(jobId, sending.then(() => {}, () => {}))
+    let sent: Sent
     try {
-      const sent = await sending
-      if (sent.kind === 'applied') {
-        wait?.cancel()
-        return this.answered({ kind: 'recorded', record: sent.outcome as T }, request)
-      }
-      ticket = sent.ticket
+      sent = await sending
     } catch (err) {
-      wait?.cancel()
       return await this.notQueued(request, key, err)
     } finally {
       if (key !== null) this.keyedSends.delete(jobId)
     }
+    if (sent.kind === 'applied') return this.answered({ kind: 'recorded', record: sent.outcome as T }, request)
+    const { wait, late, ticket } = sent
     const record = wait === null
       ? null
-      : await this.waitFor(request, async () => (await wait.promise as T | null) ?? await find(this.deps.db, request.ticketOptionId, jobId), (r) => (r as { status: string }).status)
+      : await this.waitFor(request, async () => {
+        // Told before its wait began, if at all: recorded by then.
+        const told = late ? await lookup() : null
+        if (told !== null) {
+          wait.cancel()
+          return told
+        }
+        return (await wait.promise as T | null) ?? await lookup()
+      }, (r) => (r as { status: string }).status)
     if (record !== null) return this.answered({ kind: 'recorded', record }, request)
     return this.answered({ kind: 'pending', id: jobId, place: await this.placeOf(request.ticketOptionId, ticket) }, request)
   }
@@ -487,18 +504,17 @@ export class SaleService {
    */
   private async change (request: ConfirmRequest | ReleaseRequest | CancelRequest, settled: () => Promise<ChangeResult>): Promise<ChangeResult> {
     const jobId = jobIdOf(request)
-    const wait = this.deps.waiter.wait(jobId, this.deps.waitMs)
     let sent: Sent
     try {
-      sent = await this.send(request, true)
+      sent = await this.send(request, () => this.deps.waiter.wait(jobId, this.deps.waitMs))
     } catch (err) {
-      wait.cancel()
       if (err instanceof QueueFullError) throw err
       this.deps.log.warn({ err, id: jobId }, 'could not enqueue')
       throw new ServiceUnavailableError('The purchase queue')
     }
-    if (sent.kind === 'applied') wait.cancel()
-    const outcome = sent.kind === 'applied' ? sent.outcome : await this.waitFor(request, async () => await wait.promise, outcomeStatus)
+    // A late wait (its direct batch queued instead) that missed the outcome ends at its time limit: `settled` then reads it.
+    const wait = sent.kind === 'queued' ? sent.wait : null
+    const outcome = sent.kind === 'applied' ? sent.outcome : wait === null ? null : await this.waitFor(request, async () => await wait.promise, outcomeStatus)
     if (outcome === null || !isChangeOutcome(outcome)) return await settled()
     if (outcome.changed) return { kind: 'changed', reservation: outcome.reservation, purchase: outcome.purchase }
     // Another request changed it first (a concurrent retry, or the expiry): say where it stands.

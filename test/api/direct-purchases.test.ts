@@ -9,10 +9,13 @@
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import pino from 'pino'
+import { DirectFences } from '../../api/purchasing/direct-fences'
 import { DirectSales, LeaseRunningOutError, type DirectResult, type DirectSalesDeps } from '../../api/purchasing/direct-sales'
+import { PurchaseQueues } from '../../api/purchasing/purchase-queues'
+import { SaleService } from '../../api/purchasing/sale-service'
 import { GroupCommit } from '../../shared/purchases/group-commit'
 import type { LineMessage } from '../../shared/purchases/purchase-outcomes'
-import type { PurchaseRequest } from '../../shared/purchases/sale-request'
+import type { PurchaseRequest, SaleRequest } from '../../shared/purchases/sale-request'
 import { directFenceKey, directLeaseKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName } from '../../shared/queues/queue-names'
 import { createPool, withTransaction } from '../../shared/db'
 import { applySaleBatch, AT_ONCE_SESSION } from '../../shared/purchases/sale-store'
@@ -527,4 +530,28 @@ t.test('a request queued while an API holds the option\'s lease, whose fence can
   t.teardown(async () => { await queue.close() })
   t.same(await queues.waitingData(queue, 10), [], 'nothing queued')
   t.equal(await redis.get(directFenceKey(prefix, id)), null, 'nor marked as fenced')
+})
+
+t.test('a purchase whose direct batch was queued instead and applied before its wait began is answered from PostgreSQL at once, not at the wait limit', async (t) => {
+  const { app } = await setUp(t, { worker: false })
+  const id = await createOption(app, 5)
+  const log = pino({ level: 'silent' })
+  const queues = new PurchaseQueues(app.queueBackend, log)
+  t.teardown(async () => { await queues.close() })
+  // Its batch failed and was queued at the head; a worker applied it before the answer came back here.
+  const direct = {
+    apply: async (request: SaleRequest): Promise<DirectResult> => {
+      await withTransaction(app.db, async (client) => await applySaleBatch(client, id, [request]))
+      return { kind: 'queued', line: 1 }
+    },
+  } as unknown as DirectSales
+  const waitMs = 3000
+  const sales = new SaleService({
+    db: app.db, queues, waiter: app.outcomeWaiter, line: app.queueLine, fences: new DirectFences(app.db, app.queueBackend, log), waitMs, log, idempotencyKeyTtlHours: 24, direct,
+  })
+  const started = Date.now()
+  const result = await sales.purchase({ ticketOptionId: id, userId: USER, quantity: 2, requestId: 'late-wait' })
+  t.ok(Date.now() - started < waitMs / 2, `answered in ${Date.now() - started} ms`)
+  t.match(result, { kind: 'recorded', record: { status: 'succeeded', quantity: 2 } })
+  t.equal(app.outcomeWaiter.waiting, 0, 'its wait ended with the answer')
 })
