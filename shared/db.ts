@@ -37,10 +37,11 @@ class NamedStatement extends pg.Query {
  * path: `text` should be a constant (pg compares it with the prepared one on
  * every run).
  */
-export async function runNamed<R extends pg.QueryResultRow> (pool: Db, name: string, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
+export function runNamed<R extends pg.QueryResultRow> (pool: Db, name: string, text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
   // Given a Query, the pool hands the client it borrows its own callback, and answers with a
-  // promise (the types say it returns the Query, as a client's query does).
-  return await (pool.query(new NamedStatement(name, text, values)) as unknown as Promise<pg.QueryResult<R>>)
+  // promise (the types say it returns the Query, as a client's query does): that promise, with
+  // no async frame around it, as this runs on every purchase.
+  return pool.query(new NamedStatement(name, text, values)) as unknown as Promise<pg.QueryResult<R>>
 }
 
 /** `sessionOptions`: settings for every connection of the pool, as libpq's `options` (`-c name=value …`). */

@@ -34,8 +34,8 @@ export class BatchedCalls<T, R> {
   /** `send` gets the gathered items of a key, oldest first, and returns one result per item, in order. */
   constructor (private readonly send: (key: string, items: T[]) => Promise<R[]>) {}
 
-  async call (key: string, item: T): Promise<R> {
-    return await new Promise<R>((resolve, reject) => {
+  call (key: string, item: T): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
       let state = this.keys.get(key)
       if (state === undefined) {
         state = { waiting: [], sending: false }

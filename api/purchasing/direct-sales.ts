@@ -107,7 +107,7 @@ const RELEASE_PUT_OFF_MS = 3
 const AT_ONCE_PAUSE_MS = 1000
 
 export class DirectSales {
-  private readonly batches = new BatchedCalls<SaleRequest, DirectResult>(async (ticketOptionId, requests) => await this.applyGathered(ticketOptionId, requests))
+  private readonly batches = new BatchedCalls<SaleRequest, DirectResult>((ticketOptionId, requests) => this.applyGathered(ticketOptionId, requests))
 
   /** Options whose last claim here was declined (a hint: forgotten at OPTIONS_REMEMBERED). */
   private readonly declinedLately = new Set<string>()
@@ -141,8 +141,8 @@ export class DirectSales {
    * only when its batch failed and could not be queued either (Redis down):
    * the caller then answers as for a failed add.
    */
-  async apply (request: SaleRequest): Promise<DirectResult> {
-    return await this.batches.call(request.ticketOptionId, request)
+  apply (request: SaleRequest): Promise<DirectResult> {
+    return this.batches.call(request.ticketOptionId, request)
   }
 
   /**

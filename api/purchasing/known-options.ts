@@ -19,6 +19,11 @@ export class KnownOptions {
 
   constructor (private readonly capacity = 100_000) {}
 
+  /** The option's limits when this process knows them (undefined: it does not, which says nothing of the option). */
+  known (id: string): TicketOptionLimits | undefined {
+    return this.limits.get(id)
+  }
+
   /** The option's limits, from memory or from `read` (one read at a time per option); null when there is no such option. */
   async lookup (id: string, read: (id: string) => Promise<TicketOptionLimits | null>): Promise<TicketOptionLimits | null> {
     const known = this.limits.get(id)

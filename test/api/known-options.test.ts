@@ -27,6 +27,8 @@ t.test('concurrent lookups of one option share one read; a known option is not r
   t.equal(reads, 1, 'then from memory')
   await known.lookup('b', read)
   t.equal(reads, 2, 'another option: its own read')
+  t.equal(known.known('a'), LIMITS, 'known without a read or an await')
+  t.equal(known.known('c'), undefined, 'an option not read yet is not known')
 })
 
 t.test('a missing option and a failed read are not remembered', async (t) => {
