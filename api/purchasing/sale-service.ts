@@ -304,8 +304,9 @@ export class SaleService {
     const record = wait === null
       ? null
       : await this.waitFor(request, async () => {
-        // Told before its wait began, if at all: recorded by then.
-        const told = late ? await lookup() : null
+        // Told before its wait began, if at all: recorded by then. A read that fails (the batch
+        // was queued because PostgreSQL failed) leaves the wait for the worker's message.
+        const told = late ? await lookup().catch(() => null) : null
         if (told !== null) {
           wait.cancel()
           return told

@@ -17,7 +17,7 @@ import { GroupCommit } from '../../shared/purchases/group-commit'
 import type { LineMessage } from '../../shared/purchases/purchase-outcomes'
 import type { PurchaseRequest, SaleRequest } from '../../shared/purchases/sale-request'
 import { directFenceKey, directLeaseKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName } from '../../shared/queues/queue-names'
-import { createPool, withTransaction } from '../../shared/db'
+import { createPool, withTransaction, type Db } from '../../shared/db'
 import { applySaleBatch, AT_ONCE_SESSION } from '../../shared/purchases/sale-store'
 import { createTicketOption } from '../../shared/ticket-options'
 import { buildTestApp, buy, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
@@ -554,4 +554,31 @@ t.test('a purchase whose direct batch was queued instead and applied before its 
   t.ok(Date.now() - started < waitMs / 2, `answered in ${Date.now() - started} ms`)
   t.match(result, { kind: 'recorded', record: { status: 'succeeded', quantity: 2 } })
   t.equal(app.outcomeWaiter.waiting, 0, 'its wait ended with the answer')
+})
+
+t.test('a purchase whose direct batch was queued instead while PostgreSQL cannot be read waits for the worker\'s message, not an error', async (t) => {
+  const { app } = await setUp(t, { worker: false })
+  const id = await createOption(app, 5)
+  const log = pino({ level: 'silent' })
+  const queues = new PurchaseQueues(app.queueBackend, log)
+  t.teardown(async () => { await queues.close() })
+  // Reading a purchase fails, as when PostgreSQL failed the direct batch; the rest goes through.
+  const failingReads = {
+    query: async (text: unknown, values?: unknown[]) => {
+      if (typeof text === 'string' && text.includes('from purchases where id')) throw new Error('Connection terminated unexpectedly')
+      return await app.db.query(text as string, values)
+    },
+  } as unknown as Db
+  let queued: SaleRequest | undefined
+  const direct = { apply: async (request: SaleRequest): Promise<DirectResult> => { queued = request; return { kind: 'queued', line: 1 } } } as unknown as DirectSales
+  const sales = new SaleService({
+    db: failingReads, queues, waiter: app.outcomeWaiter, line: app.queueLine, fences: new DirectFences(app.db, app.queueBackend, log), waitMs: 3000, log, idempotencyKeyTtlHours: 24, direct,
+  })
+  const answer = sales.purchase({ ticketOptionId: id, userId: USER, quantity: 1, requestId: 'late-wait-down' })
+  const request = await waitFor(() => queued, (q) => q !== undefined) as PurchaseRequest
+  await sleep(50)
+  // A worker applied it once PostgreSQL was back, and told every API.
+  const record = { id: request.purchaseId, ticket_option_id: id, user_id: USER, quantity: 1, status: 'succeeded' as const, reason: null, available: null, used: null, reservation_id: null, cancelled_at: null, created_at: new Date().toISOString() }
+  await app.queueBackend.publishApplied({ ticketOptionId: id, appliedLine: 1, count: 1, at: Date.now(), outcomes: [record] })
+  t.match(await answer, { kind: 'recorded', record: { id: request.purchaseId, status: 'succeeded' } })
 })
