@@ -9,6 +9,7 @@
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
 import pino from 'pino'
+import type { FastifyInstance } from 'fastify'
 import { DirectFences } from '../../api/purchasing/direct-fences'
 import { DirectSales, LeaseRunningOutError, type DirectResult, type DirectSalesDeps } from '../../api/purchasing/direct-sales'
 import { PurchaseQueues } from '../../api/purchasing/purchase-queues'
@@ -535,19 +536,10 @@ t.test('a request queued while an API holds the option\'s lease, whose fence can
 t.test('a purchase whose direct batch was queued instead and applied before its wait began is answered from PostgreSQL at once, not at the wait limit', async (t) => {
   const { app } = await setUp(t, { worker: false })
   const id = await createOption(app, 5)
-  const log = pino({ level: 'silent' })
-  const queues = new PurchaseQueues(app.queueBackend, log)
-  t.teardown(async () => { await queues.close() })
-  // Its batch failed and was queued at the head; a worker applied it before the answer came back here.
-  const direct = {
-    apply: async (request: SaleRequest): Promise<DirectResult> => {
-      await withTransaction(app.db, async (client) => await applySaleBatch(client, id, [request]))
-      return { kind: 'queued', line: 1 }
-    },
-  } as unknown as DirectSales
   const waitMs = 3000
-  const sales = new SaleService({
-    db: app.db, queues, waiter: app.outcomeWaiter, line: app.queueLine, fences: new DirectFences(app.db, app.queueBackend, log), waitMs, log, idempotencyKeyTtlHours: 24, direct,
+  // Its batch failed and was queued at the head; a worker applied it before the answer came back here.
+  const sales = await serviceWithQueuedDirectBatches(t, app, waitMs, async (request) => {
+    await withTransaction(app.db, async (client) => await applySaleBatch(client, id, [request]))
   })
   const started = Date.now()
   const result = await sales.purchase({ ticketOptionId: id, userId: USER, quantity: 2, requestId: 'late-wait' })
@@ -559,9 +551,6 @@ t.test('a purchase whose direct batch was queued instead and applied before its 
 t.test('a purchase whose direct batch was queued instead while PostgreSQL cannot be read waits for the worker\'s message, not an error', async (t) => {
   const { app } = await setUp(t, { worker: false })
   const id = await createOption(app, 5)
-  const log = pino({ level: 'silent' })
-  const queues = new PurchaseQueues(app.queueBackend, log)
-  t.teardown(async () => { await queues.close() })
   // Reading a purchase fails, as when PostgreSQL failed the direct batch; the rest goes through.
   const failingReads = {
     query: async (text: unknown, values?: unknown[]) => {
@@ -570,10 +559,7 @@ t.test('a purchase whose direct batch was queued instead while PostgreSQL cannot
     },
   } as unknown as Db
   let queued: SaleRequest | undefined
-  const direct = { apply: async (request: SaleRequest): Promise<DirectResult> => { queued = request; return { kind: 'queued', line: 1 } } } as unknown as DirectSales
-  const sales = new SaleService({
-    db: failingReads, queues, waiter: app.outcomeWaiter, line: app.queueLine, fences: new DirectFences(app.db, app.queueBackend, log), waitMs: 3000, log, idempotencyKeyTtlHours: 24, direct,
-  })
+  const sales = await serviceWithQueuedDirectBatches(t, app, 3000, async (request) => { queued = request }, failingReads)
   const answer = sales.purchase({ ticketOptionId: id, userId: USER, quantity: 1, requestId: 'late-wait-down' })
   const request = await waitFor(() => queued, (q) => q !== undefined) as PurchaseRequest
   await sleep(50)
@@ -582,3 +568,17 @@ t.test('a purchase whose direct batch was queued instead while PostgreSQL cannot
   await app.queueBackend.publishApplied({ ticketOptionId: id, appliedLine: 1, count: 1, at: Date.now(), outcomes: [record] })
   t.match(await answer, { kind: 'recorded', record: { id: request.purchaseId, status: 'succeeded' } })
 })
+
+/**
+ * A sale service on the test app's stores whose direct path always answers "queued at the
+ * head" after `apply` ran (its batch failed); `db` is where it reads outcomes.
+ */
+async function serviceWithQueuedDirectBatches (t: Test, app: FastifyInstance, waitMs: number, apply: (request: SaleRequest) => Promise<void>, db: Db = app.db): Promise<SaleService> {
+  const log = pino({ level: 'silent' })
+  const queues = new PurchaseQueues(app.queueBackend, log)
+  t.teardown(async () => { await queues.close() })
+  const direct = { apply: async (request: SaleRequest): Promise<DirectResult> => { await apply(request); return { kind: 'queued', line: 1 } } } as unknown as DirectSales
+  return new SaleService({
+    db, queues, waiter: app.outcomeWaiter, line: app.queueLine, fences: new DirectFences(app.db, app.queueBackend, log), waitMs, log, idempotencyKeyTtlHours: 24, direct,
+  })
+}
