@@ -13,11 +13,11 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Bindings, ChildLoggerOptions, LevelWithSilentOrString, LogFn, Logger } from 'pino'
 
 class RequestLogger {
-  private made: FastifyBaseLogger | undefined
+  private made: Logger | undefined
 
   constructor (private readonly parent: Logger, private readonly bindings: Bindings, private readonly options: ChildLoggerOptions) {}
 
-  private get logger (): FastifyBaseLogger {
+  private get logger (): Logger {
     this.made ??= this.parent.child(this.bindings, this.options)
     return this.made
   }
@@ -31,7 +31,7 @@ class RequestLogger {
   }
 
   private on (level: string): boolean {
-    return this.made === undefined ? this.parent.isLevelEnabled(level) : (this.made as Logger).isLevelEnabled(level)
+    return (this.made ?? this.parent).isLevelEnabled(level)
   }
 
   fatal (...args: Parameters<LogFn>): void { if (this.on('fatal')) this.logger.fatal(...args) }

@@ -28,15 +28,15 @@ function hasBody (request: FastifyRequest): boolean {
 }
 
 async function bodyDeadlinePlugin (app: FastifyInstance, { timeoutMs }: BodyDeadlineOptions): Promise<void> {
-  const cutOff = new WeakSet<FastifyRequest>()
-
-  app.addHook('preParsing', (request, _reply, payload, done) => {
+  app.addHook('preParsing', (request, reply, payload, done) => {
     if (!hasBody(request) || request.raw.complete) {
       done(null, payload)
       return
     }
     const timer = setTimeout(() => {
-      cutOff.add(request)
+      // The rest of the body may still be on its way: the connection cannot carry another
+      // request. Set now, on the answer not sent yet, rather than by a hook on every answer.
+      reply.header('connection', 'close')
       request.log.info({ timeoutMs }, 'request body too slow, cut off')
       // The body parser listens for errors on the stream it reads: it hands this one to
       // the root error handler. Without a parser reading, there is nobody to answer.
@@ -46,12 +46,6 @@ async function bodyDeadlinePlugin (app: FastifyInstance, { timeoutMs }: BodyDead
     const settle = (): void => { clearTimeout(timer) }
     payload.once('end', settle)
     payload.once('close', settle)
-    done(null, payload)
-  })
-
-  // The rest of a cut-off body may still be on its way: the connection cannot carry another request.
-  app.addHook('onSend', (request, reply, payload, done) => {
-    if (cutOff.has(request)) reply.header('connection', 'close')
     done(null, payload)
   })
 }
