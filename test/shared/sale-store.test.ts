@@ -21,6 +21,11 @@ function purchase (ticketOptionId: string, quantity: number, line: number): Purc
   return { purchaseId: randomUUID(), ticketOptionId, userId: USER, quantity, requestId: `req-${line}`, enqueuedAt: Date.now(), line }
 }
 
+/** `size` purchases of `quantity` each: a batch at once of one purchase takes a statement of its own (sale-store.ts AT_ONCE_ONE_STATEMENT). */
+function purchases (ticketOptionId: string, size: number, quantity: number, line: number): PurchaseRequest[] {
+  return Array.from({ length: size }, (_, i) => purchase(ticketOptionId, quantity, line * 10 + i))
+}
+
 /** What every test of a batch at once starts from: the at-once connection and an option of 5, as this process left it. */
 async function atOnceSetUp (t: Test, name: string, maxPerPurchase: number | null) {
   const { config, sql } = await createTestEnvironment(t)
@@ -169,52 +174,79 @@ t.test('a batch at once: decided from the expected option, written with one stat
 
   // Someone else (a worker's batch) sold one meanwhile: expecting 2 left is stale now.
   await withTransaction(sql, async (client) => await applySaleBatch(client, option.id, [purchase(option.id, 1, 4)]))
-  const stale = await applyPurchasesAtOnce(db, option.id, [purchase(option.id, 2, 5)], applied.after, 2000)
-  t.same(stale, { kind: 'stale', found: { ...expected, available: 1 } }, 'the option as it is')
-  t.equal(await count(), 4, 'nothing written')
+  for (const size of [1, 2]) {
+    const stale = await applyPurchasesAtOnce(db, option.id, purchases(option.id, size, 1, 5), applied.after, 2000)
+    t.same(stale, { kind: 'stale', found: { ...expected, available: 1 } }, `${size} purchase(s): the option as it is`)
+    t.equal(await count(), 4, 'nothing written')
+  }
   t.same((await sql.query('select allocation from ticket_options where id = $1', [option.id])).rows[0], { allocation: 1 })
   t.same(await unbalancedOptions(sql), [])
 
   const nowhere = randomUUID()
-  await t.rejects(applyPurchasesAtOnce(db, nowhere, [purchase(nowhere, 1, 6)], expected, 2000), { name: 'UnknownTicketOptionError' }, 'an option that does not exist')
+  for (const size of [1, 2]) {
+    await t.rejects(applyPurchasesAtOnce(db, nowhere, purchases(nowhere, size, 1, 6), expected, 2000), { name: 'UnknownTicketOptionError' }, `${size} purchase(s) of an option that does not exist`)
+  }
   await t.rejects(applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 7)], { ...expected, maxPerUser: 2 }, 2000), /per-user limit/, 'an option with a per-user limit needs its usage read first')
 })
 
-t.test('a batch at once on a lease held from an earlier batch writes nothing once a request has queued under that lease (its fence is up)', async (t) => {
-  const { sql, db, option, expected } = await atOnceSetUp(t, 'fenced', null)
-  await sql.query('insert into direct_fences (ticket_option_id, token) values ($1, $2)', [option.id, 'lease-a'])
+t.test('a batch at once of one purchase (a lone buyer\'s) writes it as a batch of several would, succeeded or rejected', async (t) => {
+  const { sql, db, option, expected } = await atOnceSetUp(t, 'at once, one', 3)
+  const bought = purchase(option.id, 3, 1)
+  const applied = await applyPurchasesAtOnce(db, option.id, [bought], expected, 2000)
+  t.match(applied, { kind: 'applied', outcomes: [{ id: bought.purchaseId, status: 'succeeded', quantity: 3, reason: null, available: null, used: null }], after: { ...expected, available: 2 } })
+  if (applied.kind !== 'applied') return
+  t.same([await findPurchase(db, option.id, bought.purchaseId)], applied.outcomes, 'the outcome is the purchase as PostgreSQL stored it')
+  const stored = await sql.query('select request_id, (extract(epoch from enqueued_at) * 1000)::bigint as enqueued_at from purchases where id = $1', [bought.purchaseId])
+  t.same(stored.rows[0], { request_id: 'req-1', enqueued_at: String(bought.enqueuedAt) }, 'with its request id and arrival time')
 
-  t.same(await applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 1)], expected, 2000, 'lease-a'), { kind: 'fenced' }, 'its own lease\'s fence is up')
-  t.same((await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])).rows[0], { allocation: 5, purchases: 0 }, 'nothing written')
-  t.match(await applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 2)], expected, 2000, 'lease-b'), { kind: 'applied', after: { available: 4 } }, 'an earlier lease\'s fence does not stop a later lease')
-  t.match(await applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 3)], { ...expected, available: 4 }, 2000), { kind: 'applied', after: { available: 3 } }, 'nor a batch on a lease just claimed')
+  for (const [request, reason] of [[purchase(option.id, 4, 2), 'quantity_over_limit'], [purchase(option.id, 3, 3), 'not_enough_tickets']] as const) {
+    const refused = await applyPurchasesAtOnce(db, option.id, [request], { ...expected, available: 2 }, 2000)
+    t.match(refused, { kind: 'applied', outcomes: [{ id: request.purchaseId, status: 'rejected', reason, available: 2 }], after: { ...expected, available: 2 } }, reason)
+    if (refused.kind === 'applied') t.same([await findPurchase(db, option.id, request.purchaseId)], refused.outcomes, `${reason}: recorded as answered`)
+  }
+  t.same((await sql.query('select allocation, held from ticket_options where id = $1', [option.id])).rows[0], { allocation: 2, held: 0 }, 'only the succeeded one took tickets')
   t.same(await unbalancedOptions(sql), [])
 })
 
-t.test('a batch at once that waits for the option\'s lock checks the row as its holder committed it, and writes nothing when the lock came too late', async (t) => {
-  const { sql, db, option, expected } = await atOnceSetUp(t, 'at once, lock wait', null)
-  const holder = await sql.connect()
-  t.teardown(() => { holder.release() })
-  const lockWaiters = async (): Promise<number> => (await sql.query("select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()")).rows[0].n as number
+for (const size of [1, 2]) {
+  t.test(`a batch at once of ${size} on a lease held from an earlier batch writes nothing once a request has queued under that lease (its fence is up)`, async (t) => {
+    const { sql, db, option, expected } = await atOnceSetUp(t, 'fenced', null)
+    await sql.query('insert into direct_fences (ticket_option_id, token) values ($1, $2)', [option.id, 'lease-a'])
 
-  // The holder sells 2 and commits while the batch waits: the batch, started before that commit, must see it.
-  await holder.query('begin')
-  await holder.query('update ticket_options set allocation = allocation - 2 where id = $1', [option.id])
-  await holder.query("insert into purchases (id, ticket_option_id, user_id, quantity, status, request_id) values ($1, $2, $3, 2, 'succeeded', 'holder')", [randomUUID(), option.id, USER])
-  const waiting = applyPurchasesAtOnce(db, option.id, [purchase(option.id, 4, 1)], expected, 10_000)
-  await waitFor(lockWaiters, (n) => n === 1, 5000, 20)
-  await holder.query('commit')
-  t.same(await waiting, { kind: 'stale', found: { ...expected, available: 3 } }, 'stale: it would have sold 4 of 3')
-  t.same((await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])).rows[0], { allocation: 3, purchases: 1 }, 'only the holder\'s')
+    t.same(await applyPurchasesAtOnce(db, option.id, purchases(option.id, size, 1, 1), expected, 2000, 'lease-a'), { kind: 'fenced' }, 'its own lease\'s fence is up')
+    t.same((await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])).rows[0], { allocation: 5, purchases: 0 }, 'nothing written')
+    t.match(await applyPurchasesAtOnce(db, option.id, purchases(option.id, size, 1, 2), expected, 2000, 'lease-b'), { kind: 'applied', after: { available: 5 - size } }, 'an earlier lease\'s fence does not stop a later lease')
+    t.match(await applyPurchasesAtOnce(db, option.id, purchases(option.id, size, 1, 3), { ...expected, available: 5 - size }, 2000), { kind: 'applied', after: { available: 5 - 2 * size } }, 'nor a batch on a lease just claimed')
+    t.same(await unbalancedOptions(sql), [])
+  })
+}
 
-  // The holder keeps the lock past the batch's fence: nothing is written, even though the option is as expected.
-  await holder.query('begin')
-  await holder.query('select 1 from ticket_options where id = $1 for update', [option.id])
-  const late = applyPurchasesAtOnce(db, option.id, [purchase(option.id, 1, 2)], { ...expected, available: 3 }, 150)
-  await waitFor(lockWaiters, (n) => n === 1, 5000, 20)
-  await sleep(300)
-  await holder.query('commit')
-  t.same(await late, { kind: 'late' })
-  t.same((await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])).rows[0], { allocation: 3, purchases: 1 }, 'nothing written')
-  t.same(await unbalancedOptions(sql), [])
-})
+for (const size of [1, 2]) {
+  t.test(`a batch at once of ${size} that waits for the option's lock checks the row as its holder committed it, and writes nothing when the lock came too late`, async (t) => {
+    const { sql, db, option, expected } = await atOnceSetUp(t, 'at once, lock wait', null)
+    const holder = await sql.connect()
+    t.teardown(() => { holder.release() })
+    const lockWaiters = async (): Promise<number> => (await sql.query("select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()")).rows[0].n as number
+
+    // The holder sells 2 and commits while the batch waits: the batch, started before that commit, must see it.
+    await holder.query('begin')
+    await holder.query('update ticket_options set allocation = allocation - 2 where id = $1', [option.id])
+    await holder.query("insert into purchases (id, ticket_option_id, user_id, quantity, status, request_id) values ($1, $2, $3, 2, 'succeeded', 'holder')", [randomUUID(), option.id, USER])
+    const waiting = applyPurchasesAtOnce(db, option.id, purchases(option.id, size, 4, 1), expected, 10_000)
+    await waitFor(lockWaiters, (n) => n === 1, 5000, 20)
+    await holder.query('commit')
+    t.same(await waiting, { kind: 'stale', found: { ...expected, available: 3 } }, 'stale: it would have sold 4 of 3')
+    t.same((await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])).rows[0], { allocation: 3, purchases: 1 }, 'only the holder\'s')
+
+    // The holder keeps the lock past the batch's fence: nothing is written, even though the option is as expected.
+    await holder.query('begin')
+    await holder.query('select 1 from ticket_options where id = $1 for update', [option.id])
+    const late = applyPurchasesAtOnce(db, option.id, purchases(option.id, size, 1, 2), { ...expected, available: 3 }, 150)
+    await waitFor(lockWaiters, (n) => n === 1, 5000, 20)
+    await sleep(300)
+    await holder.query('commit')
+    t.same(await late, { kind: 'late' })
+    t.same((await sql.query('select allocation, (select count(*)::int from purchases where ticket_option_id = $1) as purchases from ticket_options where id = $1', [option.id])).rows[0], { allocation: 3, purchases: 1 }, 'nothing written')
+    t.same(await unbalancedOptions(sql), [])
+  })
+}
