@@ -10,7 +10,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Logger } from 'pino'
 import type { Config } from '../../shared/config'
-import { createPool, type Db } from '../../shared/db'
+import { createPool, DedicatedConnection, type Db } from '../../shared/db'
 import { AT_ONCE_SESSION, recordedIds } from '../../shared/purchases/sale-store'
 import { openQueueBackend, type QueueBackend } from '../../shared/queues/queue-backend'
 import { GroupCommit } from '../../shared/purchases/group-commit'
@@ -59,7 +59,7 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
     ? new DirectSales({
       backend,
       transactions: new GroupCommit(db, Math.max(1, Math.floor(config.databasePoolSize / 2))),
-      atOnce: createPool(config.databaseUrl, 1, log, AT_ONCE_SESSION),
+      atOnce: new DedicatedConnection(createPool(config.databaseUrl, 1, log, AT_ONCE_SESSION)),
       queues,
       leaseMs: config.directLeaseMs,
       maxBatch: config.workerBatchSize,

@@ -45,7 +45,7 @@
 import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
-import type { Db } from '../../shared/db'
+import type { DedicatedConnection } from '../../shared/db'
 import type { GroupCommit } from '../../shared/purchases/group-commit'
 import type { AppliedMessage } from '../../shared/purchases/purchase-outcomes'
 import type { OptionState } from '../../shared/purchases/sale-rules'
@@ -71,7 +71,7 @@ export interface DirectSalesDeps {
   backend: Pick<QueueBackend, 'claimDirect' | 'releaseDirect' | 'publishApplied'>
   transactions: Pick<GroupCommit, 'run' | 'idle'>
   /** where a lone batch goes at once (applyPurchasesAtOnce); absent: every batch goes through `transactions` */
-  atOnce?: Db
+  atOnce?: DedicatedConnection
   queues: Pick<PurchaseQueues, 'enqueueAhead'>
   leaseMs: number
   /** how long outcomes wait to be announced with others (outcome-announcer.ts); absent: ANNOUNCE_DELAY_MS */
@@ -336,7 +336,7 @@ export class DirectSales {
     return await inTransactionSpan(head, async (span) => {
       const startTime = Date.now()
       // PostgreSQL measures from the statement's start; what went before it is taken off here.
-      const result = await applyPurchasesAtOnce(atOnce as Db, ticketOptionId, batch, expected, leaseMs / 2 - (performance.now() - started), fencedBy)
+      const result = await applyPurchasesAtOnce(atOnce as DedicatedConnection, ticketOptionId, batch, expected, leaseMs / 2 - (performance.now() - started), fencedBy)
       if (result.kind === 'late') throw new LeaseRunningOutError('the option\'s row was locked after half the direct lease')
       if (result.kind === 'fenced') return 'fenced'
       if (result.kind === 'stale') {

@@ -6,7 +6,7 @@
  */
 import { decideBatch, type Decision, type OptionState, type StoredPurchase, type StoredReservation, type ReservationStatus, type Rejection } from './sale-rules'
 import { isPurchaseRequest, jobIdOf, type ConfirmRequest, type HoldRequest, type PurchaseRequest, type SaleRequest } from './sale-request'
-import { runNamed, withTransaction, type Db, type DbClient } from '../db'
+import { withTransaction, type Db, type DbClient, type DedicatedConnection } from '../db'
 
 export type PurchaseStatus = 'succeeded' | 'rejected'
 /** Reason of a purchase the API answered 503 for while its job may have reached Redis (see `voidUnqueued`). */
@@ -310,10 +310,10 @@ const AT_ONCE_ONE_STATEMENT = atOnceStatement(`select $2::uuid, $1::uuid, $10::u
  * Correct under concurrency because `for update` returns the row as the
  * last transaction that held its lock left it, even when that committed
  * after this statement started; nothing else the statement reads could have
- * changed (the purchase ids are new). Runs on a connection with
+ * changed (the purchase ids are new). Runs on a connection of its own with
  * AT_ONCE_SESSION, so its plan is made once, by index.
  */
-export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requests: readonly PurchaseRequest[], expected: OptionState, lockWithinMs: number, fencedBy: string | null = null): Promise<AtOnceResult> {
+export async function applyPurchasesAtOnce (connection: DedicatedConnection, ticketOptionId: string, requests: readonly PurchaseRequest[], expected: OptionState, lockWithinMs: number, fencedBy: string | null = null): Promise<AtOnceResult> {
   if (requests.length === 0 || requests.some((r) => r.ticketOptionId !== ticketOptionId)) throw new Error('a batch must hold requests of one option')
   // Usage would need a read before deciding: an option with a per-user limit takes applySaleBatch.
   if (expected.maxPerUser !== null) throw new Error('a batch decided at once needs an option without a per-user limit')
@@ -339,8 +339,8 @@ export async function applyPurchasesAtOnce (db: Db, ticketOptionId: string, requ
   const values: unknown[] = [ticketOptionId, one === null ? JSON.stringify(purchases) : one.id, expected.available, expected.held, expected.maxPerPurchase, Math.floor(lockWithinMs), available, held, fencedBy]
   if (one !== null) values.push(one.user_id, one.quantity, one.status, one.reason, one.available, one.used, one.request_id, one.enqueued_at)
   const { rows } = await (one === null
-    ? runNamed<AtOnceResultRow>(db, 'sale-purchases-at-once', AT_ONCE_STATEMENT, values)
-    : runNamed<AtOnceResultRow>(db, 'sale-purchase-at-once', AT_ONCE_ONE_STATEMENT, values))
+    ? connection.run<AtOnceResultRow>('sale-purchases-at-once', AT_ONCE_STATEMENT, values)
+    : connection.run<AtOnceResultRow>('sale-purchase-at-once', AT_ONCE_ONE_STATEMENT, values))
   const [first] = rows
   if (first === undefined) throw new UnknownTicketOptionError(`ticket option ${ticketOptionId} does not exist`)
   if (first.found !== null) {

@@ -18,7 +18,7 @@ import { GroupCommit } from '../../shared/purchases/group-commit'
 import type { LineMessage } from '../../shared/purchases/purchase-outcomes'
 import type { PurchaseRequest, SaleRequest } from '../../shared/purchases/sale-request'
 import { directFenceKey, directLeaseKey, lineAppliedKey, lineTicketKey, purchaseOutcomesChannel, purchaseQueueName } from '../../shared/queues/queue-names'
-import { createPool, withTransaction, type Db } from '../../shared/db'
+import { createPool, DedicatedConnection, withTransaction, type Db } from '../../shared/db'
 import { applySaleBatch, AT_ONCE_SESSION } from '../../shared/purchases/sale-store'
 import { createTicketOption } from '../../shared/ticket-options'
 import { buildTestApp, buy, createOption, setUp, startTestWorker, TEST_USER as USER } from '../support/app'
@@ -372,7 +372,7 @@ t.test('DirectSales: once a chunk is declined (another API took the lease meanwh
 
 /** A pool for batches at once, and transactions that count how many batches went the usual way. */
 function atOnceParts (t: Test, db: ReturnType<typeof createPool>, databaseUrl: string) {
-  const atOnce = createPool(databaseUrl, 1, silent, AT_ONCE_SESSION)
+  const atOnce = new DedicatedConnection(createPool(databaseUrl, 1, silent, AT_ONCE_SESSION))
   t.teardown(async () => { await atOnce.end() })
   const group = new GroupCommit(db, 1)
   const counted = { usual: 0 }

@@ -8,7 +8,7 @@
 import t, { type Test } from 'tap'
 import { randomUUID } from 'node:crypto'
 import pino from 'pino'
-import { createPool, withTransaction } from '../../shared/db'
+import { createPool, DedicatedConnection, withTransaction } from '../../shared/db'
 import { applyPurchasesAtOnce, applySaleBatch, AT_ONCE_SESSION, findPurchase, type PurchaseRecord } from '../../shared/purchases/sale-store'
 import type { PurchaseRequest } from '../../shared/purchases/sale-request'
 import { createTicketOption } from '../../shared/ticket-options'
@@ -29,7 +29,7 @@ function purchases (ticketOptionId: string, size: number, quantity: number, line
 /** What every test of a batch at once starts from: the at-once connection and an option of 5, as this process left it. */
 async function atOnceSetUp (t: Test, name: string, maxPerPurchase: number | null) {
   const { config, sql } = await createTestEnvironment(t)
-  const db = createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION)
+  const db = new DedicatedConnection(createPool(config.databaseUrl, 1, pino({ level: 'silent' }), AT_ONCE_SESSION))
   t.teardown(async () => { await db.end() })
   const option = await createTicketOption(sql, { name, desc: '', allocation: 5, maxPerPurchase, maxPerUser: null })
   const expected = { available: 5, held: 0, maxPerPurchase, maxPerUser: null }
@@ -168,7 +168,7 @@ t.test('a batch at once: decided from the expected option, written with one stat
   ], 'each decided by the same rules as any batch, in order')
   t.same(Object.keys(applied.outcomes[0] as object).sort(), ['available', 'cancelled_at', 'created_at', 'id', 'quantity', 'reason', 'reservation_id', 'status', 'ticket_option_id', 'used', 'user_id'], 'a purchase record, nothing of the lock beside it')
   // Built from what was decided and the row's id and time: exactly the record as stored.
-  t.same(await Promise.all([a, b, c].map(async (p) => await findPurchase(db, option.id, p.purchaseId))), applied.outcomes, 'each outcome is the purchase as PostgreSQL stored it')
+  t.same(await Promise.all([a, b, c].map(async (p) => await findPurchase(sql, option.id, p.purchaseId))), applied.outcomes, 'each outcome is the purchase as PostgreSQL stored it')
   t.same(applied.after, { ...expected, available: 2 })
   t.same((await sql.query('select allocation, held from ticket_options where id = $1', [option.id])).rows[0], { allocation: 2, held: 0 }, 'committed')
 
@@ -195,14 +195,14 @@ t.test('a batch at once of one purchase (a lone buyer\'s) writes it as a batch o
   const applied = await applyPurchasesAtOnce(db, option.id, [bought], expected, 2000)
   t.match(applied, { kind: 'applied', outcomes: [{ id: bought.purchaseId, status: 'succeeded', quantity: 3, reason: null, available: null, used: null }], after: { ...expected, available: 2 } })
   if (applied.kind !== 'applied') return
-  t.same([await findPurchase(db, option.id, bought.purchaseId)], applied.outcomes, 'the outcome is the purchase as PostgreSQL stored it')
+  t.same([await findPurchase(sql, option.id, bought.purchaseId)], applied.outcomes, 'the outcome is the purchase as PostgreSQL stored it')
   const stored = await sql.query('select request_id, (extract(epoch from enqueued_at) * 1000)::bigint as enqueued_at from purchases where id = $1', [bought.purchaseId])
   t.same(stored.rows[0], { request_id: 'req-1', enqueued_at: String(bought.enqueuedAt) }, 'with its request id and arrival time')
 
   for (const [request, reason] of [[purchase(option.id, 4, 2), 'quantity_over_limit'], [purchase(option.id, 3, 3), 'not_enough_tickets']] as const) {
     const refused = await applyPurchasesAtOnce(db, option.id, [request], { ...expected, available: 2 }, 2000)
     t.match(refused, { kind: 'applied', outcomes: [{ id: request.purchaseId, status: 'rejected', reason, available: 2 }], after: { ...expected, available: 2 } }, reason)
-    if (refused.kind === 'applied') t.same([await findPurchase(db, option.id, request.purchaseId)], refused.outcomes, `${reason}: recorded as answered`)
+    if (refused.kind === 'applied') t.same([await findPurchase(sql, option.id, request.purchaseId)], refused.outcomes, `${reason}: recorded as answered`)
   }
   t.same((await sql.query('select allocation, held from ticket_options where id = $1', [option.id])).rows[0], { allocation: 2, held: 0 }, 'only the succeeded one took tickets')
   t.same(await unbalancedOptions(sql), [])
