@@ -24,6 +24,36 @@ const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 
 export type PurchaseOutcome = 'succeeded' | 'rejected' | 'pending'
 
+/** How a request on the direct path ended (direct_requests_total's `result`). */
+export type DirectResult = 'applied' | 'declined' | 'queued'
+
+/**
+ * A counter of one label whose increments are summed in plain numbers and
+ * handed to prom-client on scrape: its inc with labels hashes and checks them
+ * on every call, and these are counted on every purchase. A label value
+ * appears once it has been counted, as with an inc.
+ */
+class CountsOnScrape<V extends string> {
+  private readonly counts = new Map<V, { counted: number, reported: number }>()
+
+  constructor (private readonly counter: Counter<string>, private readonly label: string, values: readonly V[]) {
+    for (const value of values) this.counts.set(value, { counted: 0, reported: 0 })
+  }
+
+  add (value: V, n: number): void {
+    (this.counts.get(value) as { counted: number }).counted += n
+  }
+
+  /** The counter's collect: what was counted since the last scrape, added to it. */
+  report (): void {
+    for (const [value, count] of this.counts) {
+      if (count.counted === count.reported) continue
+      this.counter.inc({ [this.label]: value }, count.counted - count.reported)
+      count.reported = count.counted
+    }
+  }
+}
+
 export class ApiMetrics implements PurchaseObserver {
   readonly registry = new Registry()
 
@@ -35,12 +65,13 @@ export class ApiMetrics implements PurchaseObserver {
     registers: [this.registry],
   })
 
-  readonly purchases = new Counter({
+  private readonly purchases: CountsOnScrape<PurchaseOutcome> = new CountsOnScrape(new Counter({
     name: 'purchases_total',
     help: 'Purchases answered after reaching a queue, by outcome: succeeded (201), rejected (409), pending (202)',
     labelNames: ['outcome'] as const,
     registers: [this.registry],
-  })
+    collect: () => { this.purchases.report() },
+  }), 'outcome', ['succeeded', 'rejected', 'pending'])
 
   readonly purchaseOutcomeWait = new Histogram({
     name: 'purchase_outcome_wait_seconds',
@@ -49,12 +80,13 @@ export class ApiMetrics implements PurchaseObserver {
     registers: [this.registry],
   })
 
-  readonly directRequests = new Counter({
+  private readonly directRequests: CountsOnScrape<DirectResult> = new CountsOnScrape(new Counter({
     name: 'direct_requests_total',
     help: 'Requests that tried the direct path (an option with nobody in line, applied by the API itself), by how it ended: applied, declined (the option had a line: queued as usual), queued (the direct batch failed and was queued at the head of its queue)',
     labelNames: ['result'] as const,
     registers: [this.registry],
-  })
+    collect: () => { this.directRequests.report() },
+  }), 'result', ['applied', 'declined', 'queued'])
 
   readonly queueJobs = new Gauge({
     name: 'purchase_queue_jobs',
@@ -115,6 +147,11 @@ export class ApiMetrics implements PurchaseObserver {
     collectProcessMetrics(this.registry)
   }
 
+  /** `requests` that tried the direct path ended so. */
+  directRequestsEnded (result: DirectResult, requests: number): void {
+    this.directRequests.add(result, requests)
+  }
+
   /** Starts reporting queue depths, read from Redis on each scrape. */
   watchQueueDepths (queueDepths: QueueDepths, log: Logger): void {
     this.queueDepths = queueDepths
@@ -139,7 +176,7 @@ export class ApiMetrics implements PurchaseObserver {
 
   /** PurchaseObserver: a purchase that reached a queue was answered. */
   purchaseAnswered (outcome: PurchaseOutcome, enqueuedAt: number): void {
-    this.purchases.inc({ outcome })
+    this.purchases.add(outcome, 1)
     if (outcome !== 'pending') this.purchaseOutcomeWait.observe(Math.max(0, Date.now() - enqueuedAt) / 1000)
   }
 

@@ -64,7 +64,7 @@ async function purchasingPlugin (app: FastifyInstance, { config }: PurchasingOpt
       leaseMs: config.directLeaseMs,
       maxBatch: config.workerBatchSize,
       log,
-      onBatch: (result, requests) => { app.metrics.directRequests.inc({ result }, requests) },
+      onBatch: (result, requests) => { app.metrics.directRequestsEnded(result, requests) },
     })
     : undefined
   const sales = new SaleService({
