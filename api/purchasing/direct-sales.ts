@@ -151,6 +151,7 @@ export class DirectSales {
    * too, so none of them overtakes a request that went to the queue.
    */
   private async applyGathered (ticketOptionId: string, requests: SaleRequest[]): Promise<DirectResult[]> {
+    // One chunk (a lone buyer's every batch): no loop, no results to gather.
     if (requests.length <= this.deps.maxBatch) return await this.applyBatch(ticketOptionId, requests)
     const results: DirectResult[] = []
     for (let i = 0; i < requests.length; i += this.deps.maxBatch) {
